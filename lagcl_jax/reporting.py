@@ -1,0 +1,106 @@
+"""What a run writes and prints: atomic JSON files, the metrics history, recommendations, the
+training curve, progress bars and one-line records."""
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from lagcl_jax import evaluation
+from lagcl_jax.data_types import Dataset
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: never half-written."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+    f.write(text)
+    temp = f.name
+  os.replace(temp, path)
+
+
+def write_json(path: str, value: Any) -> None:
+  atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=_plain) + "\n")
+
+
+def _plain(value):
+  if isinstance(value, (np.integer, np.floating)):
+    return value.item()
+  if isinstance(value, (tuple, np.ndarray)):
+    return list(value)
+  raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def write_history(workdir: str, history: list[dict]) -> None:
+  """The per-epoch records as `metrics.jsonl` (rewritten whole, so a resume never duplicates)."""
+  atomic_write_text(os.path.join(workdir, "metrics.jsonl"),
+                    "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def format_record(record: dict) -> str:
+  return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in record.items())
+
+
+def progress_bar(total: int, description: str, initial: int = 0, unit: str = "it"):
+  """A progress bar with throughput on stderr."""
+  return tqdm.tqdm(total=total, initial=initial, desc=description, unit=unit, leave=False,
+                   dynamic_ncols=True, mininterval=1.0)
+
+
+def write_recommendations(path: str, dataset: Dataset, user_emb: np.ndarray,
+                          item_emb: np.ndarray, k: int, batch_size: int) -> None:
+  """Top-k unseen items (train and valid masked) of every user: `user, rank, item, score` TSV."""
+  exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items, dataset.train,
+                                          dataset.valid)
+  users = np.arange(dataset.num_users, dtype=np.int32)
+  items, scores = evaluation.top_k_items(user_emb, item_emb, users, exclude, k, batch_size)
+  lines = ["user\trank\titem\tscore\n"]
+  for u in users:
+    uid = dataset.user_ids[u]
+    lines.extend(f"{uid}\t{r + 1}\t{dataset.item_ids[i]}\t{s:.6f}\n"
+                 for r, (i, s) in enumerate(zip(items[u], scores[u])) if np.isfinite(s))
+  atomic_write_text(path, "".join(lines))
+
+
+def plot_history(workdir: str, history: list[dict], select_metric: str) -> None:
+  """`training_curve.png`: training loss and the selection metric per epoch."""
+  if not history:
+    return
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  epochs = [r["epoch"] for r in history]
+  fig, loss_axis = plt.subplots(figsize=(7, 4))
+  loss_axis.plot(epochs, [r["train/loss"] for r in history], "b-o", label="train/loss")
+  loss_axis.set_xlabel("epoch")
+  loss_axis.set_ylabel("train loss", color="b")
+  if all(select_metric in r for r in history):
+    metric_axis = loss_axis.twinx()
+    metric_axis.plot(epochs, [r[select_metric] for r in history], "r-s", label=select_metric)
+    metric_axis.set_ylabel(select_metric, color="r")
+  fig.tight_layout()
+  temp = os.path.join(workdir, "training_curve.tmp.png")
+  fig.savefig(temp, dpi=100)
+  plt.close(fig)
+  os.replace(temp, os.path.join(workdir, "training_curve.png"))
+
+
+class _DropLibraryInfo(logging.Filter):
+  """Drops INFO records that libraries (orbax, jax) log through absl."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = any(f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "jax", "etils"))
+    return record.levelno >= logging.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+  """Keeps the run's own INFO lines, hides the libraries' (call from a launch script)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  logging.getLogger().addFilter(_DropLibraryInfo())

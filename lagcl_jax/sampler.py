@@ -1,0 +1,149 @@
+"""Vectorised, seeded, group-aware sampling of training batches.
+
+An epoch is a seeded permutation of the train positives (label +1), cut into batches of
+`batch_size` rows; the last batch is padded (row weight 0) so every step has one shape. Each row
+gets K negatives outside the user's train positives:
+- with groups: one easy negative (another group than the positive item) and one hard negative (the
+  positive's group, or, with `hard_from_dislikes`, one of the user's own -1 items when there are any);
+- without groups: one uniform negative.
+Sampling is rejection sampling over whole arrays (a few rounds), then a uniform fallback. Batches of
+epoch e depend only on (seed, e), so a run resumed at any step sees the same batches.
+"""
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from lagcl_jax.data_types import Interactions
+
+_ROUNDS = 8
+
+
+@dataclasses.dataclass
+class Batch:
+  """One training step's rows (host arrays); see `BatchSampler` for the fields."""
+  users: np.ndarray  # int32 [B]
+  pos_items: np.ndarray  # int32 [B]
+  neg_items: np.ndarray  # int32 [B, K]
+  row_weights: np.ndarray  # float32 [B]: 1 real row, 0 padding
+  user_first: np.ndarray  # float32 [B]: 1 where the row holds the user's first occurrence
+  item_first: np.ndarray  # float32 [B]: 1 where the row holds the item's first occurrence
+
+  def as_dict(self) -> dict[str, np.ndarray]:
+    return dataclasses.asdict(self)
+
+
+def _first_occurrence(ids: np.ndarray, real: np.ndarray) -> np.ndarray:
+  first = np.zeros(ids.shape[0], np.float32)
+  _, index = np.unique(np.where(real, ids, -1), return_index=True)
+  first[index] = 1.0
+  return first * real
+
+
+class BatchSampler:
+  """Draws the training batches of each epoch."""
+
+  def __init__(self, train: Interactions, num_users: int, num_items: int,
+               item_groups: np.ndarray, use_groups: bool, hard_from_dislikes: bool,
+               batch_size: int, seed: int):
+    positives = train.positives
+    if len(positives) == 0:
+      raise ValueError("The training split has no positive (label 1) interactions.")
+    self.users = positives.users.astype(np.int32)
+    self.items = positives.items.astype(np.int32)
+    self.num_users, self.num_items = num_users, num_items
+    self.batch_size, self.seed = batch_size, seed
+    self.use_groups, self.hard_from_dislikes = use_groups, hard_from_dislikes
+    self.item_groups = item_groups.astype(np.int64)
+    # Sorted keys user * I + item of the train positives, for vectorised membership tests.
+    self._positive_keys = np.unique(self.users.astype(np.int64) * num_items + self.items)
+    # Items grouped: members of group g are _group_members[_group_start[g]:_group_start[g+1]].
+    self._group_members = np.argsort(self.item_groups, kind="stable").astype(np.int32)
+    counts = np.bincount(self.item_groups, minlength=int(self.item_groups.max()) + 1)
+    self._group_start = np.concatenate([[0], np.cumsum(counts)])
+    # The users' disliked (-1) train items, CSR-style.
+    dislikes = train.negatives
+    order = np.argsort(dislikes.users, kind="stable")
+    self._dislike_items = dislikes.items[order].astype(np.int32)
+    self._dislike_start = np.concatenate(
+        [[0], np.cumsum(np.bincount(dislikes.users, minlength=num_users))])
+    self.fallbacks = 0  # Negatives drawn by the uniform fallback (for the logs).
+
+  @property
+  def num_negatives(self) -> int:
+    return 2 if self.use_groups else 1
+
+  @property
+  def num_batches(self) -> int:
+    return -(-self.users.shape[0] // self.batch_size)
+
+  def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    keys = users.astype(np.int64) * self.num_items + items
+    found = np.searchsorted(self._positive_keys, keys)
+    found = np.minimum(found, self._positive_keys.shape[0] - 1)
+    return self._positive_keys[found] == keys
+
+  def _draw(self, rng: np.random.Generator, users: np.ndarray, pos_items: np.ndarray,
+            propose, accept) -> np.ndarray:
+    """Rejection sampling: proposals until accepted, then a uniform non-positive fallback."""
+    out = np.zeros(users.shape[0], np.int32)
+    todo = np.arange(users.shape[0])
+    for round_ in range(_ROUNDS + 4):
+      if todo.size == 0:
+        break
+      fallback = round_ >= _ROUNDS
+      cand = (rng.integers(0, self.num_items, todo.size).astype(np.int32) if fallback
+              else propose(rng, todo))
+      ok = ~self._is_positive(users[todo], cand)
+      if not fallback:
+        ok &= accept(todo, cand)
+      else:
+        self.fallbacks += int(ok.sum())
+      out[todo[ok]] = cand[ok]
+      todo = todo[~ok]
+    out[todo] = rng.integers(0, self.num_items, todo.size)  # Users who liked every item.
+    return out
+
+  def _negatives(self, rng: np.random.Generator, users: np.ndarray,
+                 pos_items: np.ndarray) -> np.ndarray:
+    uniform = lambda rng, todo: rng.integers(0, self.num_items, todo.size).astype(np.int32)
+    if not self.use_groups:
+      return self._draw(rng, users, pos_items, uniform, lambda t, c: np.ones(t.size, bool))[:, None]
+    groups = self.item_groups[pos_items]
+    easy = self._draw(rng, users, pos_items, uniform,
+                      lambda todo, cand: self.item_groups[cand] != groups[todo])
+
+    def same_group(rng, todo):
+      start, stop = self._group_start[groups[todo]], self._group_start[groups[todo] + 1]
+      return self._group_members[start + (rng.random(todo.size) * (stop - start)).astype(np.int64)]
+
+    hard = self._draw(rng, users, pos_items, same_group, lambda t, c: np.ones(t.size, bool))
+    if self.hard_from_dislikes:
+      start, stop = self._dislike_start[users], self._dislike_start[users + 1]
+      has = stop > start
+      pick = start + (rng.random(users.shape[0]) * (stop - start)).astype(np.int64)
+      hard = np.where(has, self._dislike_items[np.minimum(pick, len(self._dislike_items) - 1)]
+                      if len(self._dislike_items) else hard, hard)
+    return np.stack([easy, hard], axis=1)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    """The batches of `epoch` (0-based), from step `start_step` of that epoch on."""
+    rng = np.random.default_rng([self.seed, epoch])
+    order = rng.permutation(self.users.shape[0])
+    for step in range(self.num_batches):
+      # Each batch has its own generator, so skipping steps on resume changes nothing.
+      batch_rng = np.random.default_rng([self.seed, epoch, step])
+      if step < start_step:
+        continue
+      rows = order[step * self.batch_size:(step + 1) * self.batch_size]
+      real = np.ones(self.batch_size, bool)
+      real[rows.size:] = False
+      rows = np.pad(rows, (0, self.batch_size - rows.size))
+      users, pos_items = self.users[rows], self.items[rows]
+      yield Batch(
+          users=users, pos_items=pos_items,
+          neg_items=self._negatives(batch_rng, users, pos_items).astype(np.int32),
+          row_weights=real.astype(np.float32),
+          user_first=_first_occurrence(users, real),
+          item_first=_first_occurrence(pos_items, real))

@@ -1,0 +1,323 @@
+"""Training and evaluation of the graph recommender: `create_model`, `train_step`,
+`train_and_evaluate`.
+
+The step is data-parallel with `jax.pmap` over the local devices (one device works the same): the
+full-graph propagation is replicated, each device takes a slice of the batch, in-batch contrastive
+candidates are gathered from all devices, and gradients are summed. Losses are divided by the
+global batch counts, so 1 and N devices compute the same update.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import optax
+
+from lagcl_jax import checkpointing
+from lagcl_jax import config as config_lib
+from lagcl_jax import data as data_lib
+from lagcl_jax import evaluation
+from lagcl_jax import graph as graph_lib
+from lagcl_jax import groups as groups_lib
+from lagcl_jax import losses
+from lagcl_jax import model as model_lib
+from lagcl_jax import reporting
+from lagcl_jax import sampler as sampler_lib
+from lagcl_jax.data_types import Dataset, Interactions
+
+_AXIS = "devices"
+
+
+class TrainingDiverged(RuntimeError):
+  """Raised when a loss becomes NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run builds from its config and data before training."""
+  config: config_lib.Config
+  dataset: Dataset
+  graph: jraph.GraphsTuple
+  model: model_lib.GraphEncoder
+  user_groups: np.ndarray
+  item_groups: np.ndarray
+  group_report: dict
+
+
+def graph_interactions(config: config_lib.Config, dataset: Dataset):
+  """The train interactions that become graph edges (--graph_edges)."""
+  if config.graph_edges == "all":
+    return dataset.train
+  if config.graph_edges == "positive":
+    return dataset.train.positives
+  raise ValueError(f"--graph_edges={config.graph_edges!r}: expected 'all' or 'positive'")
+
+
+def create_model(config: config_lib.Config, dataset: Dataset) -> Setup:
+  """Builds the graph, the groups and the encoder for a data set."""
+  edges = graph_interactions(config, dataset)
+  graph = graph_lib.build_graph(dataset.num_users, dataset.num_items, edges.users, edges.items)
+  user_groups, item_groups, group_report = groups_lib.build_groups(config, dataset)
+  model = model_lib.GraphEncoder(
+      num_users=dataset.num_users, num_items=dataset.num_items,
+      embedding_dim=config.embedding_dim, num_layers=config.num_layers,
+      cl_layer=config.cl_layer, eps=config.eps,
+      propagate=graph_lib.make_propagation(config.propagation_kernel, graph))
+  return Setup(config, dataset, graph, model, user_groups.astype(np.int32),
+               item_groups.astype(np.int32), group_report)
+
+
+def create_train_state(setup: Setup) -> train_state.TrainState:
+  """Initial parameters (seeded) and Adam state."""
+  params = setup.model.init(jax.random.PRNGKey(setup.config.seed), setup.graph)["params"]
+  return train_state.TrainState.create(
+      apply_fn=setup.model.apply, params=params, tx=optax.adam(setup.config.learning_rate))
+
+
+def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_groups: jax.Array,
+               item_groups: jax.Array, batch: dict[str, jax.Array], counts: dict[str, jax.Array],
+               *, config: config_lib.Config, num_users: int):
+  """One optimisation step on this device's slice of the batch (run under `pmap`).
+
+  Args:
+    batch: this device's rows of a `sampler.Batch` (users, pos_items, neg_items, row_weights,
+      user_first, item_first).
+    counts: global normalisers: rows (real rows), users and items (distinct nodes in the batch).
+  Returns:
+    The new state and the summed loss terms of the global batch.
+  """
+  noise_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), state.step)
+  use_noise = config.eps > 0
+  neg_weights = jnp.array([1.0, config.hard_weight] if config.uses_groups else [1.0])
+
+  def contrast(final, cl_view, nodes, node_groups, first, normaliser):
+    """Group-weighted InfoNCE of this device's nodes against the whole batch's other view."""
+    candidates = jax.lax.all_gather(cl_view[nodes], _AXIS, tiled=True)
+    candidate_groups = jax.lax.all_gather(node_groups, _AXIS, tiled=True)
+    candidate_valid = jax.lax.all_gather(first, _AXIS, tiled=True) > 0
+    positive_index = jax.lax.axis_index(_AXIS) * nodes.shape[0] + jnp.arange(nodes.shape[0])
+    if not config.uses_groups:  # Plain InfoNCE: one temperature, no hard negatives.
+      node_groups = positive_index
+      candidate_groups = jnp.arange(candidates.shape[0])
+    tau_easy = config.tau_easy if config.uses_groups else config.tau_positive
+    return losses.group_infonce(
+        final[nodes], candidates, positive_index, node_groups, candidate_groups, first,
+        candidate_valid, normaliser, config.tau_positive, tau_easy, config.tau_hard,
+        config.hard_weight)
+
+  def loss_fn(params):
+    final, cl_view = state.apply_fn({"params": params}, graph, noise_key if use_noise else None)
+    users, pos, neg = batch["users"], batch["pos_items"] + num_users, batch["neg_items"] + num_users
+    user_emb, pos_emb = final[users], final[pos]
+    terms = {
+        "bpr": losses.bpr_loss(user_emb, pos_emb, final[neg], neg_weights, batch["row_weights"],
+                               counts["rows"]),
+        "reg": config.reg * losses.l2_penalty([user_emb, pos_emb], batch["row_weights"],
+                                              counts["rows"]),
+    }
+    if config.cl_weight > 0:
+      terms["cl_user"] = config.cl_weight * contrast(
+          final, cl_view, users, user_groups[batch["users"]], batch["user_first"], counts["users"])
+      terms["cl_item"] = config.cl_weight * contrast(
+          final, cl_view, pos, item_groups[batch["pos_items"]], batch["item_first"],
+          counts["items"])
+    return sum(terms.values()), terms
+
+  grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.psum(grads, _AXIS)
+  terms = jax.lax.psum(terms, _AXIS)
+  terms["loss"] = sum(terms.values())
+  return state.apply_gradients(grads=grads), terms
+
+
+def compute_embeddings(setup: Setup, params) -> tuple[np.ndarray, np.ndarray]:
+  """Final user and item embeddings without noise, as host arrays."""
+  embed = jax.jit(lambda p, g: setup.model.apply({"params": p}, g)[0])
+  nodes = np.asarray(embed(params, setup.graph))
+  return nodes[:setup.dataset.num_users], nodes[setup.dataset.num_users:]
+
+
+def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str, float]:
+  """Full-ranking metrics of the given splits, keyed "valid/recall@20", "test/ndcg@20", ..."""
+  user_emb, item_emb = compute_embeddings(setup, params)
+  metrics = {}
+  for split in splits:
+    if split == "valid" and len(setup.dataset.valid) == 0:
+      continue
+    for name, value in evaluation.evaluate(user_emb, item_emb, setup.dataset, split,
+                                           setup.config.top_k,
+                                           setup.config.eval_batch_size).items():
+      metrics[f"{split}/{name}"] = value
+  return metrics
+
+
+def _devices(config: config_lib.Config) -> list[Any]:
+  devices = jax.local_devices()
+  if config.num_devices:
+    if config.num_devices > len(devices):
+      raise ValueError(f"--num_devices={config.num_devices} but only {len(devices)} local devices")
+    devices = devices[:config.num_devices]
+  if config.batch_size % len(devices):
+    raise ValueError(f"--batch_size={config.batch_size} must divide evenly over {len(devices)} "
+                     "devices")
+  return devices
+
+
+def _shard(batch: sampler_lib.Batch, num_devices: int) -> tuple[dict, dict]:
+  arrays = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.as_dict().items()}
+  counts = {"rows": batch.row_weights.sum(), "users": batch.user_first.sum(),
+            "items": batch.item_first.sum()}
+  counts = {k: np.full((num_devices,), max(v, 1.0), np.float32) for k, v in counts.items()}
+  return arrays, counts
+
+
+def _fit(setup: Setup, workdir: str) -> dict:
+  """The training loop with validation, checkpoints and early stopping; returns the progress."""
+  config, dataset = setup.config, setup.dataset
+  devices = _devices(config)
+  num_devices = len(devices)
+  sampler = sampler_lib.BatchSampler(
+      dataset.train, dataset.num_users, dataset.num_items, setup.item_groups, config.uses_groups,
+      config.hard_negatives_from_dislikes, config.batch_size, config.seed)
+  p_train_step = jax.pmap(
+      functools.partial(train_step, config=config, num_users=dataset.num_users),
+      axis_name=_AXIS, in_axes=(0, None, None, None, 0, 0), devices=devices, donate_argnums=(0,))
+  checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
+  has_valid = len(dataset.valid) > 0
+
+  # --- Initialise, or resume from the work directory's latest checkpoint. ---------------------
+  state = create_train_state(setup)
+  progress = {"epoch": 0, "step_in_epoch": 0, "best_epoch": 0, "best_metric": None,
+              "epochs_since_best": 0, "history": [], "partial_sums": {}, "global_step": 0,
+              "done": False}
+  if checkpoints.latest_step("latest") is not None:
+    state, progress = checkpoints.restore("latest", state)
+    logging.info("Resumed from %s: epoch %d, step %d of the epoch.", checkpoints.directory,
+                 progress["epoch"] + 1, progress["step_in_epoch"])
+  if progress["done"]:
+    checkpoints.close()
+    return progress
+  replicated = flax.jax_utils.replicate(state, devices)
+  graph = jax.device_put(setup.graph)
+  user_groups, item_groups = jnp.asarray(setup.user_groups), jnp.asarray(setup.item_groups)
+
+  def save(name, progress):
+    checkpoints.save(name, int(progress["global_step"]), flax.jax_utils.unreplicate(replicated),
+                     progress)
+
+  # --- Epochs. ---------------------------------------------------------------------------------
+  while progress["epoch"] < config.num_epochs:
+    epoch = progress["epoch"]
+    sums = {k: jnp.asarray(v) for k, v in progress["partial_sums"].items()}
+    start = time.time()
+    bar = reporting.progress_bar(sampler.num_batches, f"epoch {epoch + 1}/{config.num_epochs}",
+                                 initial=progress["step_in_epoch"], unit="step")
+    for step, batch in enumerate(sampler.epoch(epoch, progress["step_in_epoch"]),
+                                 start=progress["step_in_epoch"]):
+      arrays, counts = _shard(batch, num_devices)
+      replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays, counts)
+      for name, value in terms.items():
+        sums[name] = sums.get(name, 0.0) + value[0]
+      bar.update(1)
+      if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
+          and step + 1 < sampler.num_batches:
+        progress.update(step_in_epoch=step + 1, global_step=int(replicated.step[0]),
+                        partial_sums={k: float(v) for k, v in sums.items()})
+        save("latest", progress)
+    bar.close()
+    means = {f"train/{k}": float(v) / sampler.num_batches for k, v in sums.items()}
+    if not all(np.isfinite(v) for v in means.values()):
+      checkpoints.close()
+      raise TrainingDiverged(
+          f"Loss is not finite in epoch {epoch + 1} ({means}); the last good checkpoint is kept in "
+          f"{checkpoints.directory}. Lower --learning_rate or check the data.")
+    record = {"epoch": epoch + 1, **means, "train/seconds": time.time() - start}
+    params = flax.jax_utils.unreplicate(replicated).params
+    if has_valid:
+      start = time.time()
+      record.update(evaluate_params(setup, params, splits=("valid",)))
+      record["valid/seconds"] = time.time() - start
+    logging.info("%s", reporting.format_record(record))
+
+    # --- Model selection on validation (never on test), early stopping. ------------------------
+    metric = record.get(config.select_metric, float(epoch))  # No validation: the last epoch.
+    improved = progress["best_metric"] is None or metric > progress["best_metric"]
+    progress.update(epoch=epoch + 1, step_in_epoch=0, partial_sums={},
+                    global_step=int(replicated.step[0]), history=progress["history"] + [record])
+    if improved:
+      progress.update(best_epoch=epoch + 1, best_metric=metric, epochs_since_best=0)
+    else:
+      progress["epochs_since_best"] += 1
+    stop = has_valid and config.patience and progress["epochs_since_best"] >= config.patience
+    progress["done"] = bool(stop or progress["epoch"] >= config.num_epochs)
+    if improved:
+      save("best", progress)
+    save("latest", progress)
+    reporting.write_history(workdir, progress["history"])
+    if stop:
+      logging.info("Early stop: no %s gain for %d epochs; best epoch %d.", config.select_metric,
+                   config.patience, progress["best_epoch"])
+      break
+  checkpoints.close()
+  return progress
+
+
+def restore_params(setup: Setup, workdir: str, which: str = "best"):
+  """Parameters of checkpoint `which` ("best" or "latest") in `workdir`."""
+  checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
+  try:
+    state, progress = checkpoints.restore(which, create_train_state(setup))
+  finally:
+    checkpoints.close()
+  return state.params, progress
+
+
+def merge_validation(dataset: Dataset) -> Dataset:
+  """The data set with the validation rows moved into train (for the final retraining)."""
+  return dataclasses.replace(dataset, train=Interactions.concatenate([dataset.train, dataset.valid]),
+                             valid=Interactions.empty())
+
+
+def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from `workdir` if it holds a run), selects, tests; writes the artefacts.
+
+  Returns the final metrics (also in `workdir/final_metrics.json`).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  reporting.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+  dataset = data_lib.load_dataset(config)
+  setup = create_model(config, dataset)
+  progress = _fit(setup, workdir)
+  final = {"best_epoch": progress["best_epoch"]}
+  final.update(evaluate_params(setup, restore_params(setup, workdir)[0]))
+  model_dir = "."
+  if config.retrain_on_full and len(dataset.valid):
+    logging.info("Retraining on train + valid for the selected %d epochs.", progress["best_epoch"])
+    full_config = config.replace(num_epochs=progress["best_epoch"], retrain_on_full=False)
+    full_setup = dataclasses.replace(create_model(full_config, merge_validation(dataset)),
+                                     config=full_config)
+    model_dir = "full"
+    _fit(full_setup, os.path.join(workdir, model_dir))
+    setup = full_setup
+    final.update(evaluate_params(setup, restore_params(setup, os.path.join(workdir, model_dir))[0],
+                                 splits=("test",)))
+  final["model_dir"] = model_dir
+  params = restore_params(setup, os.path.join(workdir, model_dir))[0]
+  user_emb, item_emb = compute_embeddings(setup, params)
+  reporting.write_recommendations(os.path.join(workdir, "recommendations.tsv"), setup.dataset,
+                                  user_emb, item_emb, config.num_recommendations,
+                                  config.eval_batch_size)
+  reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
+  reporting.plot_history(workdir, progress["history"], config.select_metric)
+  logging.info("Final: %s", reporting.format_record(final))
+  return final
