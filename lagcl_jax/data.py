@@ -223,7 +223,7 @@ def _parse_numbers(column: np.ndarray, lines: np.ndarray, file_name: str, what: 
     values = np.array([_to_float(token) for token in column.tolist()])
   ok = np.isfinite(values)
   for index in np.flatnonzero(~ok):
-    bad_rows.report(file_name, int(lines[index]), f"non-numeric {what} {column[index]!r}")
+    bad_rows.report(file_name, int(lines[index]), f"non-numeric {what} {str(column[index])!r}")
   return values, ok
 
 
@@ -238,13 +238,14 @@ def _parse_labels(column: np.ndarray, lines: np.ndarray, file_name: str,
     disliked |= numeric & (values == -1)
     for index in np.flatnonzero(numeric & ~(liked | disliked)):
       bad_rows.report(file_name, int(lines[index]),
-                      f"unknown label {column[index]!r} (expected 1 or -1)")
+                      f"unknown label {str(column[index])!r} (expected 1 or -1)")
     ok = liked | disliked
   return np.where(liked, 1, -1).astype(np.int8), ok
 
 
 def read_paper_file(data: bytes, file_name: str, bad_rows: BadRows) -> RawRows:
   """Reads the paper's `user item label` format (whitespace-separated, label 1 or -1)."""
+  data = data.removeprefix(b"\xef\xbb\xbf")  # A UTF-8 byte order mark is not part of an id.
   (users, items, labels), lines = split_rows(data, file_name, "utf-8", None, 3, bad_rows)
   labels, ok = _parse_labels(labels, lines, file_name, bad_rows)
   return RawRows(file_name, users, items, labels, lines).select(ok)
@@ -355,6 +356,8 @@ class FileSource:
 
   def read(self, name: str) -> tuple[bytes, str]:
     """Returns (bytes, display name for messages)."""
+    if not self.has(name):
+      raise FileNotFoundError(f"{self.zip_path or self.folder} has no {name}.")
     if self.zip_path:
       with zipfile.ZipFile(self.zip_path) as archive:
         return archive.read(self._members[name]), f"{self.zip_path}:{self._members[name]}"
@@ -372,8 +375,12 @@ def _missing_message(archive: Archive, data_dir: str, reason: str) -> str:
 
 
 def download_archive(archive: Archive, data_dir: str,
-                     urlopen: Callable[..., Any] = urllib.request.urlopen) -> str:
-  """Downloads `archive` into data_dir atomically, checks its sha256 and md5, returns its path."""
+                     urlopen: Optional[Callable[..., Any]] = None) -> str:
+  """Downloads `archive` into data_dir atomically, checks its sha256 and md5, returns its path.
+
+  `urlopen` defaults to urllib.request.urlopen (tests pass a fake).
+  """
+  urlopen = urlopen or urllib.request.urlopen
   os.makedirs(data_dir, exist_ok=True)
   destination = os.path.join(data_dir, archive.file_name)
   fd, temp_path = tempfile.mkstemp(dir=data_dir, prefix=f".{archive.file_name}.",
@@ -417,7 +424,7 @@ def extract_archive(zip_path: str, data_dir: str) -> None:
 
 def find_movielens(dataset: str, data_dir: str, download: bool,
                    archives: dict[str, Archive] = ARCHIVES,
-                   urlopen: Callable[..., Any] = urllib.request.urlopen) -> FileSource:
+                   urlopen: Optional[Callable[..., Any]] = None) -> FileSource:
   """Locates raw MovieLens files: data_dir, data_dir/<top folder>, the zip, or a download.
 
   Raises:
@@ -432,7 +439,7 @@ def find_movielens(dataset: str, data_dir: str, download: bool,
   if os.path.isfile(zip_path):
     return FileSource(zip_path=zip_path)
   if not download:
-    raise FileNotFoundError(_missing_message(archive, data_dir, "Downloading is off."))
+    raise FileNotFoundError(_missing_message(archive, data_dir, "Downloading is off (--download)."))
   logging.info("Downloading %s into %s", archive.url, data_dir)
   try:
     zip_path = download_archive(archive, data_dir, urlopen)
@@ -561,6 +568,9 @@ def _read_metadata(source: FileSource, bad_rows: BadRows
     users = read_users_dat(*source.read("users.dat"), bad_rows)
   elif source.has("u.user"):
     users = read_u_user(*source.read("u.user"), bad_rows)
+  if not items or not users:
+    logging.warning("%s: no %s metadata (movies.dat or u.item, users.dat or u.user).",
+                    source.zip_path or source.folder, "item" if not items else "user")
   return items, users
 
 
@@ -589,7 +599,7 @@ def _add_augmentation(config: Config, train: Interactions, others: list[Interact
   unknown = (users < 0) | (items < 0)
   for index in np.flatnonzero(unknown):
     which = "user" if users[index] < 0 else "item"
-    value = rows.users[index] if which == "user" else rows.items[index]
+    value = str(rows.users[index] if which == "user" else rows.items[index])
     bad_rows.report(file_name, int(rows.lines[index]),
                     f"unknown {which} id {value!r} (not in train or test)")
   counts["augment_unknown_rows"] = int(unknown.sum())
@@ -639,7 +649,9 @@ def _evaluation_stats(dataset: Dataset) -> dict[str, int]:
 def load_dataset(config: Config) -> Dataset:
   """Loads, checks and splits `config.dataset` (see the module docstring for every rule)."""
   bad_rows = BadRows(config.skip_bad_rows)
-  counts: dict[str, Any] = {"duplicate_rows": 0}
+  counts: dict[str, Any] = {"duplicate_rows": 0, "augmented_positives": 0,
+                            "augmented_negatives": 0, "augment_unknown_rows": 0,
+                            "augment_overlap_rows": 0}
   if config.dataset == "lagcl":
     train_rows = read_paper_file(*_read_file(config.train_file, "train_file"), bad_rows)
     test_rows = read_paper_file(*_read_file(config.test_file, "test_file"), bad_rows)

@@ -88,7 +88,7 @@ def load_group_file(path: str, raw_ids: np.ndarray, kind: str
     ValueError: a malformed line or an id listed with two groups, naming file and line.
   """
   membership, first_line = {}, {}
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -112,7 +112,7 @@ def load_group_json(path: str, raw_ids: np.ndarray, kind: str
   (which is what the authors' `id,group` files record); such members are counted in
   report["members_in_several_groups"]; report["names"] holds the group names.
   """
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:
     try:
       entries = json.load(f)
     except json.JSONDecodeError as e:

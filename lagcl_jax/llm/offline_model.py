@@ -58,9 +58,11 @@ def converted_folder(cache_root: str) -> str:
   model = transformers.AutoModelForCausalLM.from_pretrained(
       folder, gguf_file=name, dtype=torch.float32,
       quantization_config=transformers.GgufConfig(gguf_file=name, dequantize=True))
-  model.hf_quantizer.remove_quantization_config(model)
+  if getattr(model, "hf_quantizer", None) is not None:  # dense weights, GGUF bookkeeping only
+    model.hf_quantizer.remove_quantization_config(model)
   os.makedirs(cache_root, exist_ok=True)
   temp = tempfile.mkdtemp(dir=cache_root, prefix=".converting-")
+  os.chmod(temp, 0o755)
   try:
     model.save_pretrained(temp)
     tokenizer.save_pretrained(temp)
