@@ -32,7 +32,7 @@ class Config:
   groups: str = _field("none", "none | files | metadata")
   user_group_file: str = _field("", "`id,group` lines or grouping JSON for users (groups=files)")
   item_group_file: str = _field("", "`id,group` lines or grouping JSON for items (groups=files)")
-  graph_edges: str = _field("all", "all: every rated train item is an edge; positive: +1 only")
+  graph_edges: str = _field("positive", "positive: +1 train items are edges; all: every rated train item (+1 and -1)")
 
   # --- Model --------------------------------------------------------------------------------
   embedding_dim: int = _field(64, "embedding size d")

@@ -68,6 +68,8 @@ def create_model(config: config_lib.Config, dataset: Dataset) -> Setup:
   edges = graph_interactions(config, dataset)
   graph = graph_lib.build_graph(dataset.num_users, dataset.num_items, edges.users, edges.items)
   user_groups, item_groups, group_report = groups_lib.build_groups(config, dataset)
+  if config.uses_groups:
+    logging.info("Groups: %s", json.dumps(group_report, default=str)[:2000])
   model = model_lib.GraphEncoder(
       num_users=dataset.num_users, num_items=dataset.num_items,
       embedding_dim=config.embedding_dim, num_layers=config.num_layers,
@@ -80,8 +82,10 @@ def create_model(config: config_lib.Config, dataset: Dataset) -> Setup:
 def create_train_state(setup: Setup) -> train_state.TrainState:
   """Initial parameters (seeded) and Adam state."""
   params = setup.model.init(jax.random.PRNGKey(setup.config.seed), setup.graph)["params"]
-  return train_state.TrainState.create(
+  state = train_state.TrainState.create(
       apply_fn=setup.model.apply, params=params, tx=optax.adam(setup.config.learning_rate))
+  # A concrete int32 step (not a weakly typed Python int) keeps the step from compiling twice.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_groups: jax.Array,
