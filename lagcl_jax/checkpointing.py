@@ -32,6 +32,8 @@ class RunCheckpoints:
   def save(self, name: str, step: int, state: Any, progress: dict) -> None:
     """Saves `state` (a pytree of arrays) and `progress` (JSON) as checkpoint `name` at `step`."""
     manager = self._managers[name]
+    if step in manager.all_steps():  # A resumed run redoing the step of an interrupted save.
+      manager.delete(step)
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)), force=True)
     manager.wait_until_finished()

@@ -8,9 +8,13 @@ Kernels (one flag, `propagation_kernel`, each checked equal to `segment_sum` in 
 - `segment_sum`: jraph-style message passing (gather senders, segment-sum onto receivers). Portable,
   stays inside XLA; the right choice on GPU/TPU.
 - `scipy`: SciPy CSR sparse-dense product through `jax.pure_callback`, several times faster on CPU.
-  The adjacency is symmetric, so the backward pass is the same product.
+  The adjacency is symmetric, so the backward pass is the same product. The rows are cut into one
+  block of about equal non-zeros per available core, multiplied on a thread each (SciPy's sparse
+  kernels release the GIL); every row's sum is the same as in the single-threaded product.
 """
 
+import concurrent.futures
+import os
 from typing import Callable
 
 import jax
@@ -62,11 +66,39 @@ def propagate_segment_sum(graph: jraph.GraphsTuple, x: jax.Array) -> jax.Array:
                              indices_are_sorted=True)
 
 
-def _scipy_propagation(adjacency: sp.csr_matrix) -> Propagation:
-  """A propagation that runs `adjacency @ x` on the host; its VJP is the same product."""
+def available_cores() -> int:
+  """CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-  def host_product(x):
-    return np.asarray(adjacency @ np.asarray(x, np.float32), np.float32)
+
+def row_blocks(adjacency: sp.csr_matrix, num_blocks: int) -> list[sp.csr_matrix]:
+  """Consecutive row ranges of `adjacency` with about equal numbers of non-zeros each."""
+  targets = np.linspace(0, adjacency.nnz, num_blocks + 1)[1:-1]
+  bounds = np.unique(np.concatenate(
+      [[0], np.searchsorted(adjacency.indptr, targets), [adjacency.shape[0]]]))
+  return [adjacency[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def csr_product(adjacency: sp.csr_matrix,
+                num_threads: int) -> Callable[[np.ndarray], np.ndarray]:
+  """`x -> adjacency @ x` (float32 [N, d]) on the host, over `num_threads` row blocks."""
+  adjacency = adjacency.astype(np.float32)
+  adjacency.sort_indices()
+  blocks = row_blocks(adjacency, num_threads)
+  if len(blocks) == 1:
+    return lambda x: adjacency @ np.asarray(x, np.float32)
+  pool = concurrent.futures.ThreadPoolExecutor(len(blocks), thread_name_prefix="csr_product")
+
+  def product(x):
+    x = np.asarray(x, np.float32)
+    return np.concatenate(list(pool.map(lambda block: block @ x, blocks)))
+
+  return product
+
+
+def _scipy_propagation(adjacency: sp.csr_matrix, num_threads: int) -> Propagation:
+  """A propagation that runs `adjacency @ x` on the host; its VJP is the same product."""
+  host_product = csr_product(adjacency, num_threads)
 
   def product(x):
     shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
@@ -78,19 +110,41 @@ def _scipy_propagation(adjacency: sp.csr_matrix) -> Propagation:
 
   propagate.defvjp(lambda x: (product(x), None), lambda _, g: (product(g),))
 
-  def apply(graph, x):
+  def propagate_scipy_csr(graph, x):
     del graph  # The host CSR already holds it.
     return propagate(x)
 
-  return apply
+  return propagate_scipy_csr
+
+
+def host_callbacks_can_deadlock() -> bool:
+  """Whether host callbacks under `pmap` over all local CPU devices can hang.
+
+  XLA's CPU client runs the devices' programs and the callbacks' argument transfers on one thread
+  pool of NPROC (default: the core count) threads; when every thread runs a device program that
+  waits in a callback, the transfers never run. E.g. 2 forced host devices on 2 cores.
+  """
+  nproc = os.environ.get("NPROC", "")
+  pool = int(nproc) if nproc.isdigit() and int(nproc) > 0 else available_cores()
+  devices = jax.local_device_count()
+  return jax.default_backend() == "cpu" and devices > 1 and devices >= pool
 
 
 def make_propagation(kernel: str, graph: jraph.GraphsTuple) -> Propagation:
-  """Returns `propagate(graph, x)` for the named kernel ("auto" picks by platform)."""
+  """Returns `propagate(graph, x)` for the named kernel ("auto" picks by platform).
+
+  "auto" is `scipy` on CPU, unless `host_callbacks_can_deadlock()`, and `segment_sum` elsewhere.
+  """
   if kernel == "auto":
-    kernel = "scipy" if jax.default_backend() == "cpu" else "segment_sum"
+    use_scipy = jax.default_backend() == "cpu" and not host_callbacks_can_deadlock()
+    kernel = "scipy" if use_scipy else "segment_sum"
   if kernel == "segment_sum":
     return propagate_segment_sum
   if kernel == "scipy":
-    return _scipy_propagation(to_csr(graph))
+    if host_callbacks_can_deadlock():
+      raise ValueError(
+          f"--propagation_kernel=scipy with {jax.local_device_count()} CPU devices needs more "
+          f"XLA CPU threads than devices: set NPROC={jax.local_device_count() + 1} in the "
+          "environment, or use --propagation_kernel=segment_sum.")
+    return _scipy_propagation(to_csr(graph), available_cores())
   raise ValueError(f"--propagation_kernel={kernel!r}: expected auto, segment_sum or scipy")

@@ -31,6 +31,11 @@ def l2_penalty(embeddings: list[jax.Array], row_weights: jax.Array,
   return total / normaliser
 
 
+def _unit_rows(x: jax.Array) -> jax.Array:
+  """Rows scaled to unit L2 norm (zero rows stay zero, with a finite gradient)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
+
+
 def group_infonce(anchors: jax.Array, candidates: jax.Array, positive_index: jax.Array,
                   anchor_groups: jax.Array, candidate_groups: jax.Array,
                   anchor_weights: jax.Array, candidate_valid: jax.Array, normaliser: jax.Array,
@@ -59,8 +64,7 @@ def group_infonce(anchors: jax.Array, candidates: jax.Array, positive_index: jax
   Returns:
     Σ_i anchor_weight_i * loss_i / normaliser.
   """
-  a = anchors / jnp.maximum(jnp.linalg.norm(anchors, axis=-1, keepdims=True), 1e-12)
-  c = candidates / jnp.maximum(jnp.linalg.norm(candidates, axis=-1, keepdims=True), 1e-12)
+  a, c = _unit_rows(anchors), _unit_rows(candidates)
   sim = a @ c.T
   is_positive = positive_index[:, None] == jnp.arange(c.shape[0])[None, :]
   same_group = anchor_groups[:, None] == candidate_groups[None, :]

@@ -53,6 +53,11 @@ class Setup:
   item_groups: np.ndarray
   group_report: dict
 
+  @functools.cached_property
+  def embed(self):
+    """Jitted (params, graph) -> noise-free final node embeddings, compiled once per setup."""
+    return jax.jit(lambda params, graph: self.model.apply({"params": params}, graph)[0])
+
 
 def graph_interactions(config: config_lib.Config, dataset: Dataset):
   """The train interactions that become graph edges (--graph_edges)."""
@@ -146,8 +151,7 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
 
 def compute_embeddings(setup: Setup, params) -> tuple[np.ndarray, np.ndarray]:
   """Final user and item embeddings without noise, as host arrays."""
-  embed = jax.jit(lambda p, g: setup.model.apply({"params": p}, g)[0])
-  nodes = np.asarray(embed(params, setup.graph))
+  nodes = np.asarray(setup.embed(params, setup.graph))
   return nodes[:setup.dataset.num_users], nodes[setup.dataset.num_users:]
 
 
@@ -165,7 +169,8 @@ def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str,
   return metrics
 
 
-def _devices(config: config_lib.Config) -> list[Any]:
+def training_devices(config: config_lib.Config) -> list[Any]:
+  """The local devices a run trains on (--num_devices); the batch must divide evenly over them."""
   devices = jax.local_devices()
   if config.num_devices:
     if config.num_devices > len(devices):
@@ -177,7 +182,8 @@ def _devices(config: config_lib.Config) -> list[Any]:
   return devices
 
 
-def _shard(batch: sampler_lib.Batch, num_devices: int) -> tuple[dict, dict]:
+def shard_batch(batch: sampler_lib.Batch, num_devices: int) -> tuple[dict, dict]:
+  """A host batch as `train_step` inputs: rows split over the devices, global counts."""
   arrays = {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.as_dict().items()}
   counts = {"rows": batch.row_weights.sum(), "users": batch.user_first.sum(),
             "items": batch.item_first.sum()}
@@ -185,17 +191,47 @@ def _shard(batch: sampler_lib.Batch, num_devices: int) -> tuple[dict, dict]:
   return arrays, counts
 
 
+def batch_sampler(setup: Setup) -> sampler_lib.BatchSampler:
+  """The sampler of the run's training batches."""
+  config, dataset = setup.config, setup.dataset
+  return sampler_lib.BatchSampler(
+      dataset.train, dataset.num_users, dataset.num_items, setup.item_groups, config.uses_groups,
+      config.hard_negatives_from_dislikes, config.batch_size, config.seed)
+
+
+def pmap_train_step(setup: Setup, devices: list[Any]):
+  """`train_step` mapped over `devices`: (replicated state, graph, user_groups, item_groups,
+  sharded batch, counts) -> (replicated state, terms); the state is donated."""
+  return jax.pmap(
+      functools.partial(train_step, config=setup.config, num_users=setup.dataset.num_users),
+      axis_name=_AXIS, in_axes=(0, None, None, None, 0, 0), devices=devices, donate_argnums=(0,))
+
+
+def pmap_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
+  """Where `pmap` over `devices` places arrays with a leading device axis (its outputs)."""
+  mesh = jax.sharding.Mesh(np.array(devices), (_AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_AXIS))
+
+
+def replicate(tree, devices: list[Any]):
+  """`tree` copied to every device and placed as `pmap` places its outputs, so that the step
+  compiles once (not again at the second step, when its input is its own output)."""
+  return jax.device_put(flax.jax_utils.replicate(tree, devices), pmap_sharding(devices))
+
+
+def unreplicate(tree):
+  """One device's copy of a `replicate`d pytree (for any number of devices, unlike
+  flax.jax_utils.unreplicate, which keeps the device axis on a 1-device mesh)."""
+  return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
+
+
 def _fit(setup: Setup, workdir: str) -> dict:
   """The training loop with validation, checkpoints and early stopping; returns the progress."""
   config, dataset = setup.config, setup.dataset
-  devices = _devices(config)
+  devices = training_devices(config)
   num_devices = len(devices)
-  sampler = sampler_lib.BatchSampler(
-      dataset.train, dataset.num_users, dataset.num_items, setup.item_groups, config.uses_groups,
-      config.hard_negatives_from_dislikes, config.batch_size, config.seed)
-  p_train_step = jax.pmap(
-      functools.partial(train_step, config=config, num_users=dataset.num_users),
-      axis_name=_AXIS, in_axes=(0, None, None, None, 0, 0), devices=devices, donate_argnums=(0,))
+  sampler = batch_sampler(setup)
+  p_train_step = pmap_train_step(setup, devices)
   checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   has_valid = len(dataset.valid) > 0
 
@@ -203,21 +239,34 @@ def _fit(setup: Setup, workdir: str) -> dict:
   state = create_train_state(setup)
   progress = {"epoch": 0, "step_in_epoch": 0, "best_epoch": 0, "best_metric": None,
               "epochs_since_best": 0, "history": [], "partial_sums": {}, "global_step": 0,
-              "done": False}
+              "stopped_early": False}
   if checkpoints.latest_step("latest") is not None:
     state, progress = checkpoints.restore("latest", state)
     logging.info("Resumed from %s: epoch %d, step %d of the epoch.", checkpoints.directory,
                  progress["epoch"] + 1, progress["step_in_epoch"])
-  if progress["done"]:
+  # A finished run continues when --num_epochs was raised, unless it stopped early.
+  if progress.get("stopped_early") or progress["epoch"] >= config.num_epochs:
     checkpoints.close()
     return progress
-  replicated = flax.jax_utils.replicate(state, devices)
+  replicated = replicate(state, devices)
   graph = jax.device_put(setup.graph)
   user_groups, item_groups = jnp.asarray(setup.user_groups), jnp.asarray(setup.item_groups)
 
+  def check_finite(epoch, losses, state=None):
+    """Stops the run, keeping the last good checkpoint, once a loss or parameter is not finite."""
+    finite = all(np.isfinite(v) for v in losses.values())
+    if state is not None:
+      finite = finite and all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state))
+    if not finite:
+      checkpoints.close()
+      raise TrainingDiverged(
+          f"Loss or parameters not finite in epoch {epoch + 1} (losses {losses}); the last good "
+          f"checkpoint is kept in {checkpoints.directory}. Lower --learning_rate or check the data.")
+
   def save(name, progress):
-    checkpoints.save(name, int(progress["global_step"]), flax.jax_utils.unreplicate(replicated),
-                     progress)
+    state = unreplicate(replicated)
+    check_finite(progress["epoch"], progress["partial_sums"], state)
+    checkpoints.save(name, int(progress["global_step"]), state, progress)
 
   # --- Epochs. ---------------------------------------------------------------------------------
   while progress["epoch"] < config.num_epochs:
@@ -228,7 +277,7 @@ def _fit(setup: Setup, workdir: str) -> dict:
                                  initial=progress["step_in_epoch"], unit="step")
     for step, batch in enumerate(sampler.epoch(epoch, progress["step_in_epoch"]),
                                  start=progress["step_in_epoch"]):
-      arrays, counts = _shard(batch, num_devices)
+      arrays, counts = shard_batch(batch, num_devices)
       replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays, counts)
       for name, value in terms.items():
         sums[name] = sums.get(name, 0.0) + value[0]
@@ -240,13 +289,9 @@ def _fit(setup: Setup, workdir: str) -> dict:
         save("latest", progress)
     bar.close()
     means = {f"train/{k}": float(v) / sampler.num_batches for k, v in sums.items()}
-    if not all(np.isfinite(v) for v in means.values()):
-      checkpoints.close()
-      raise TrainingDiverged(
-          f"Loss is not finite in epoch {epoch + 1} ({means}); the last good checkpoint is kept in "
-          f"{checkpoints.directory}. Lower --learning_rate or check the data.")
+    check_finite(epoch, means)
     record = {"epoch": epoch + 1, **means, "train/seconds": time.time() - start}
-    params = flax.jax_utils.unreplicate(replicated).params
+    params = unreplicate(replicated).params
     if has_valid:
       start = time.time()
       record.update(evaluate_params(setup, params, splits=("valid",)))
@@ -263,7 +308,7 @@ def _fit(setup: Setup, workdir: str) -> dict:
     else:
       progress["epochs_since_best"] += 1
     stop = has_valid and config.patience and progress["epochs_since_best"] >= config.patience
-    progress["done"] = bool(stop or progress["epoch"] >= config.num_epochs)
+    progress["stopped_early"] = bool(stop)
     if improved:
       save("best", progress)
     save("latest", progress)
@@ -297,6 +342,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
 
   Returns the final metrics (also in `workdir/final_metrics.json`).
   """
+  selectable = [f"valid/{name}@{k}" for k in config.top_k
+                for name in ("recall", "ndcg", "precision", "hit")]
+  if config.select_metric not in selectable:
+    raise ValueError(f"--select_metric={config.select_metric!r}: expected a validation metric "
+                     f"at one of --top_k, i.e. one of {selectable}")
   os.makedirs(workdir, exist_ok=True)
   reporting.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
   dataset = data_lib.load_dataset(config)
