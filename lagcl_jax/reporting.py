@@ -21,6 +21,9 @@ def atomic_write_text(path: str, text: str) -> None:
   with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
     f.write(text)
     temp = f.name
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(temp, 0o666 & ~umask)  # Temporary files are created 0600; give the usual mode.
   os.replace(temp, path)
 
 

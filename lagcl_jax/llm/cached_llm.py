@@ -36,6 +36,9 @@ def _decode_array(text: Any) -> np.ndarray:
   return values
 
 
+_BATCHES_PER_CALL = 64  # batches per driver call: bounds the prompts tokenised at once
+
+
 class CachedLLM:
   """Generation, scoring and embedding, each request looked up in (and added to) the cache."""
 
@@ -47,12 +50,13 @@ class CachedLLM:
 
   def generate(self, prompts: list[str], max_new_tokens: int,
                description: str = "generate") -> list[str]:
+    """Greedy completions (see `Driver.generate`)."""
     def decode(value):
       if not isinstance(value, str):
         raise ValueError("not a string")
       return value
     return self._run("generate", prompts, {"max_new_tokens": max_new_tokens},
-                     lambda batch: self.driver.generate(batch, max_new_tokens),
+                     lambda texts, done: self.driver.generate(texts, max_new_tokens, done),
                      lambda value: value, decode, description)
 
   def score(self, prompts: list[str], answers: list[str],
@@ -64,14 +68,14 @@ class CachedLLM:
         raise ValueError("wrong shape")
       return row
     rows = self._run("score", prompts, {"answers": list(answers)},
-                     lambda batch: list(self.driver.score(batch, answers)),
+                     lambda texts, done: self.driver.score(texts, answers, done),
                      lambda row: [float(v) for v in row], decode, description)
     return np.stack(rows) if rows else np.zeros((0, len(answers)), np.float32)
 
   def embed(self, texts: list[str], description: str = "embed") -> np.ndarray:
     """Mean-pooled hidden states: float32 [len(texts), hidden] (see `Driver.embed`)."""
     rows = self._run("embed", texts, {"pooling": "mean_last_hidden"},
-                     lambda batch: list(self.driver.embed(batch)), _encode_array,
+                     lambda texts, done: self.driver.embed(texts, done), _encode_array,
                      _decode_array, description)
     if rows and len({r.shape for r in rows}) > 1:
       raise ValueError(f"{self.cache.directory}: cached embeddings of different sizes for "
@@ -79,8 +83,11 @@ class CachedLLM:
     return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
   def _run(self, op: str, inputs: list[str], params: dict[str, Any],
-           compute: Callable[[list[str]], list[Any]], encode: Callable[[Any], Any],
-           decode: Callable[[Any], Any], description: str) -> list[Any]:
+           compute: Callable[[list[str], driver_lib.BatchCallback], Any],
+           encode: Callable[[Any], Any], decode: Callable[[Any], Any],
+           description: str) -> list[Any]:
+    """Results of `op` for every input: cached ones decoded, missing ones computed in chunks
+    whose batches are stored as soon as they finish."""
     keys = [cache_lib.request_key({"model": self.driver.identity, "op": op, "input": text,
                                    "system": self.driver.system_prompt, **params})
             for text in inputs]
@@ -99,15 +106,21 @@ class CachedLLM:
     unique = len(set(keys))
     self.stats.prompts += unique
     self.stats.cache_hits += unique - len(missing)
-    order = sorted(missing, key=lambda k: -len(missing[k]))  # similar lengths share a batch
-    batch_size = self.driver.batch_size
+    # Text order groups prompts that share a beginning (one user's profile) into batches.
+    order = sorted(missing, key=lambda k: missing[k])
+    chunk = self.driver.batch_size * _BATCHES_PER_CALL
     with reporting.progress_bar(unique, description, initial=unique - len(missing),
                                 unit="prompt") as bar:
-      for start in range(0, len(order), batch_size):
-        batch_keys = order[start:start + batch_size]
-        outputs = compute([missing[k] for k in batch_keys])
-        self.cache.put_many((k, encode(v)) for k, v in zip(batch_keys, outputs))
-        results.update(zip(batch_keys, outputs))
-        self.stats.llm_calls += len(batch_keys)
-        bar.update(len(batch_keys))
+      for start in range(0, len(order), chunk):
+        chunk_keys = order[start:start + chunk]
+
+        def store(indices: np.ndarray, outputs, chunk_keys=chunk_keys) -> None:
+          batch_keys = [chunk_keys[i] for i in indices.tolist()]
+          values = list(outputs)
+          self.cache.put_many((k, encode(v)) for k, v in zip(batch_keys, values))
+          results.update(zip(batch_keys, values))
+          self.stats.llm_calls += len(batch_keys)
+          bar.update(len(batch_keys))
+
+        compute([missing[k] for k in chunk_keys], store)
     return [results[k] for k in keys]

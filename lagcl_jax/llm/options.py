@@ -50,6 +50,7 @@ class LLMOptions:
   num_user_groups: int = _field(16, "semantic user groups (k-means clusters)")
   num_item_groups: int = _field(16, "semantic item groups (k-means clusters)")
   group_examples: int = _field(5, "member profiles shown to the LLM to describe a group")
+  group_max_new_tokens: int = _field(96, "generation length of a group description")
   kmeans_iters: int = _field(100, "maximum k-means iterations")
   rerank_top_n: int = _field(20, "rerank: CF candidates rescored per user")
   rerank_alphas: tuple[float, ...] = _field(
@@ -57,6 +58,10 @@ class LLMOptions:
       "rerank: grid of alpha (final = alpha * CF + (1 - alpha) * LLM), chosen on validation")
   rerank_normalisation: str = _field("minmax", "rerank: per-user score normalisation, "
                                      "minmax | zscore")
+  throughput_dtypes: tuple[str, ...] = _field(("float32", "bfloat16"),
+                                              "throughput stage: dtypes measured")
+  throughput_batch_sizes: tuple[int, ...] = _field((1, 4, 16),
+                                                   "throughput stage: batch sizes measured")
 
   @property
   def prompt_cache_dir(self) -> str:

@@ -11,6 +11,7 @@ MAX_SUMMARY_CHARS = 400
 
 _FIELD = re.compile(r"^[\s*#>-]*(name|characteristics|key characteristics|reasoning)[\s*]*:"
                     r"[\s*]*(.*)$", re.IGNORECASE)
+_PLACEHOLDER = re.compile(r"[<>\[\]]|^\.\.\.$")  # the prompt's template copied back
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.*)$")
 
 
@@ -45,8 +46,8 @@ def parse_group_description(text: str) -> Optional[dict]:
       fields[current].append(line.strip().strip("*").strip())
   name = " ".join(fields["name"][:1]).strip(" \"'")
   traits = [t.strip(" .\"'") for part in fields["characteristics"] for t in re.split(r";", part)]
-  traits = list(dict.fromkeys(t for t in traits if t))
-  if not name or not traits:
+  traits = list(dict.fromkeys(t for t in traits if t and not _PLACEHOLDER.search(t)))
+  if not name or _PLACEHOLDER.search(name) or not traits:
     return None
   return {"group_name": name, "key_characteristics": traits,
           "reasoning": " ".join(fields["reasoning"]).strip()}

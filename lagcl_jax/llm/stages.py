@@ -1,0 +1,236 @@
+"""The LLM stages end to end: data in, cached LLM work, files out (used by launch/llm.py and
+launch/evaluate.py --rerank).
+
+Outputs, in `--llm_dir`: profiles.json; augment.txt and augment.provenance.json;
+user_group.txt, item_group.txt, user_group.json, item_group.json and groups.provenance.json;
+rerank.json and rerank_test.tsv. A sharded run (`--num_shards` > 1) only fills the prompt cache
+with its share of the users; an unsharded run over the merged cache then writes the outputs
+without new LLM calls.
+"""
+
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import numpy as np
+
+from lagcl_jax import data as data_lib
+from lagcl_jax import reporting
+from lagcl_jax.config import Config
+from lagcl_jax.data_types import Dataset
+from lagcl_jax.llm import augment as augment_lib
+from lagcl_jax.llm import cache as cache_lib
+from lagcl_jax.llm import cached_llm
+from lagcl_jax.llm import driver as driver_lib
+from lagcl_jax.llm import grouping
+from lagcl_jax.llm import profiles as profiles_lib
+from lagcl_jax.llm import prompts
+from lagcl_jax.llm import rerank as rerank_lib
+from lagcl_jax.llm import throughput
+from lagcl_jax.llm.options import LLMOptions
+
+
+def open_llm(options: LLMOptions, stage: str) -> cached_llm.CachedLLM:
+  """The stage's cached LLM; the model itself loads only if a prompt misses the cache."""
+  if not 0 <= options.shard_index < options.num_shards:
+    raise ValueError(f"--shard_index={options.shard_index} must be in [0, --num_shards="
+                     f"{options.num_shards}).")
+  driver = driver_lib.Driver(options.llm_model, options.llm_dtype, options.llm_device,
+                             options.llm_batch_size, prompts.SYSTEM_PROMPT,
+                             options.model_cache_dir)
+  writer = f"{stage}-shard{options.shard_index}of{options.num_shards}"
+  cache = cache_lib.PromptCache(options.prompt_cache_dir, writer)
+  logging.info("%s: model %s on %s; %d cached results in %s", stage, driver.identity,
+               driver.device, len(cache), options.prompt_cache_dir)
+  return cached_llm.CachedLLM(driver, cache, cached_llm.StageStats())
+
+
+def first_users(num_users: int, options: LLMOptions) -> np.ndarray:
+  """The first --max_users users (all when 0)."""
+  count = min(options.max_users, num_users) if options.max_users > 0 else num_users
+  return np.arange(count, dtype=np.int32)
+
+
+def selected_users(num_users: int, options: LLMOptions) -> np.ndarray:
+  """This shard's share of the first --max_users users."""
+  return first_users(num_users, options)[options.shard_index::options.num_shards]
+
+
+def _writes_outputs(options: LLMOptions, stage: str) -> bool:
+  if options.num_shards > 1:
+    logging.info("%s: shard %d of %d cached; run again without --num_shards over the merged "
+                 "cache folder to write the outputs.", stage, options.shard_index,
+                 options.num_shards)
+    return False
+  return True
+
+
+def _provenance(options: LLMOptions, llm: cached_llm.CachedLLM, **extra) -> dict[str, Any]:
+  return {"model": options.llm_model, "model_identity": llm.driver.identity,
+          "prompt_version": prompts.PROMPT_VERSION, "system_prompt": prompts.SYSTEM_PROMPT,
+          "max_users": options.max_users, "seed": options.llm_seed,
+          "created": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+
+
+def _profiles(options: LLMOptions, dataset: Dataset) -> profiles_lib.Profiles:
+  return profiles_lib.profiles_for_stage(options.profiles_path, bool(options.profiles_file),
+                                         dataset, options.profile_max_titles)
+
+
+def _load_run(options: LLMOptions):
+  from lagcl_jax import inference  # pylint: disable=g-import-not-at-top
+  return inference.load_run(options.backbone_workdir)
+
+
+def run_profiles(config: Config, options: LLMOptions) -> cached_llm.StageStats:
+  """User (train only) and item profiles, with LLM summaries -> <llm_dir>/profiles.json."""
+  dataset = data_lib.load_dataset(config)
+  llm = open_llm(options, "profiles")
+  users = selected_users(dataset.num_users, options)
+  record = profiles_lib.build_profiles(
+      dataset, users, llm if options.summarize_profiles else None, options.profile_max_titles,
+      options.llm_max_new_tokens)
+  if _writes_outputs(options, "profiles"):
+    path = os.path.join(options.llm_dir, "profiles.json")
+    reporting.write_json(path, {**record, "provenance": _provenance(
+        options, llm, summaries=options.summarize_profiles)})
+    logging.info("Wrote %s (%d users, %d items).", path, len(record["users"]),
+                 len(record["items"]))
+  return llm.stats
+
+
+def run_augment(config: Config, options: LLMOptions) -> cached_llm.StageStats:
+  """Balanced LLM augmentation -> <llm_dir>/augment.txt (+ .provenance.json)."""
+  if options.backbone_workdir:
+    run = _load_run(options)
+    dataset, user_emb, item_emb = run.dataset, run.user_embeddings, run.item_embeddings
+    source = f"top items of {options.backbone_workdir}"
+  else:
+    dataset = data_lib.load_dataset(config)
+    user_emb, item_emb = augment_lib.popularity_embeddings(dataset)
+    source = "most popular unseen items (no --backbone_workdir)"
+  logging.info("augment: candidates = %d %s + %d random unseen items per user.",
+               options.top_candidates, source, options.random_candidates)
+  profiles = _profiles(options, dataset)
+  llm = open_llm(options, "augment")
+  users = selected_users(dataset.num_users, options)
+  candidates = augment_lib.candidate_items(dataset, users, user_emb, item_emb,
+                                           options.top_candidates, options.random_candidates,
+                                           options.llm_seed)
+  rows = augment_lib.augment(llm, profiles, users, candidates, options.k_augment)
+  if _writes_outputs(options, "augment"):
+    path = os.path.join(options.llm_dir, "augment.txt")
+    augment_lib.write_augmentation(path, dataset, rows, _provenance(
+        options, llm, candidates=source, top_candidates=options.top_candidates,
+        random_candidates=options.random_candidates, k_augment=options.k_augment,
+        profiles=options.profiles_path, users=int(users.size),
+        parse_failures=llm.stats.parse_failures))
+    logging.info("Wrote %s: %d rows (%d +1, %d -1) for %d users.", path, len(rows),
+                 (rows.labels > 0).sum(), (rows.labels < 0).sum(), users.size)
+  return llm.stats
+
+
+def run_groups(config: Config, options: LLMOptions) -> cached_llm.StageStats:
+  """Semantic user and item groups -> <llm_dir>/{user,item}_group.{txt,json}.
+
+  Items are all items, or with --max_users the items those users rated in train.
+  """
+  dataset = data_lib.load_dataset(config)
+  profiles = _profiles(options, dataset)
+  llm = open_llm(options, "groups")
+  users = selected_users(dataset.num_users, options)
+  items = np.arange(dataset.num_items)
+  if options.max_users > 0:
+    rated = np.isin(dataset.train.users, first_users(dataset.num_users, options))
+    items = np.unique(dataset.train.items[rated])
+  items = items[options.shard_index::options.num_shards]
+  kinds = {"user": (users, dataset.user_ids, profiles.user_text, options.num_user_groups),
+           "item": (items, dataset.item_ids, profiles.item_text, options.num_item_groups)}
+  if not _writes_outputs(options, "groups"):
+    for kind, (nodes, _, texts, _) in kinds.items():
+      llm.embed([texts[n] for n in nodes.tolist()], f"groups: embed {kind}s")
+    return llm.stats
+  for kind, (nodes, raw_ids, texts, num_groups) in kinds.items():
+    groups = grouping.semantic_groups(
+        llm, kind, [raw_ids[n] for n in nodes.tolist()], [texts[n] for n in nodes.tolist()],
+        num_groups, options.llm_seed, options.group_examples, options.kmeans_iters,
+        options.group_max_new_tokens)
+    paths = grouping.write_groups(options.llm_dir, kind, groups)
+    logging.info("Wrote %s: %d %s groups over %d %ss.", ", ".join(paths), len(groups), kind,
+                 nodes.size, kind)
+  reporting.write_json(os.path.join(options.llm_dir, "groups.provenance.json"), _provenance(
+      options, llm, num_user_groups=options.num_user_groups,
+      num_item_groups=options.num_item_groups, profiles=options.profiles_path,
+      users=int(users.size), items=int(items.size)))
+  return llm.stats
+
+
+def rerank_for_run(run, options: LLMOptions
+                   ) -> tuple[Optional[rerank_lib.RerankResult], cached_llm.StageStats]:
+  """Reranks a trained run's valid and test top-N (None as result for a sharded run)."""
+  profiles = _profiles(options, run.dataset)
+  llm = open_llm(options, "rerank")
+  result = rerank_lib.rerank_run(run, llm, profiles, options.rerank_top_n,
+                                 options.rerank_alphas, options.rerank_normalisation,
+                                 selected_users(run.dataset.num_users, options))
+  if not _writes_outputs(options, "rerank"):
+    return None, llm.stats
+  result.metrics.update(provenance=_provenance(options, llm, profiles=options.profiles_path))
+  return result, llm.stats
+
+
+def run_rerank(config: Config, options: LLMOptions) -> cached_llm.StageStats:
+  """LLM reranking of --backbone_workdir -> <llm_dir>/rerank.json and rerank_test.tsv."""
+  del config  # the run's own config and data are used
+  if not options.backbone_workdir:
+    raise ValueError("--stage=rerank needs --backbone_workdir (a trained run).")
+  run = _load_run(options)
+  result, stats = rerank_for_run(run, options)
+  if result is not None:
+    result.metrics["provenance"]["run"] = options.backbone_workdir
+    reporting.write_json(os.path.join(options.llm_dir, "rerank.json"), result.metrics)
+    rerank_lib.write_reranked(os.path.join(options.llm_dir, "rerank_test.tsv"), run.dataset,
+                              result)
+    print(format_rerank(result.metrics))
+  return stats
+
+
+def format_rerank(metrics: dict[str, Any]) -> str:
+  """Test metrics without and with reranking, and the alpha chosen on validation."""
+  grid = ", ".join(f"{alpha}: {value:.4f}" for alpha, value in metrics["alpha_grid"].items())
+  lines = [f"alpha = {metrics['alpha']} (chosen on {metrics['select_metric']}: {grid})"]
+  for split in ("valid", "test"):
+    for name in ("cf", "reranked"):
+      values = metrics[split][name]
+      lines.append(f"{split}/{name:<8} " + ", ".join(
+          f"{k}={v:.4f}" for k, v in values.items() if k != "num_users") +
+          f" ({values['num_users']} users)")
+  return "\n".join(lines)
+
+
+def run_throughput(config: Config, options: LLMOptions) -> str:
+  """Measures the driver -> <llm_dir>/throughput.md; returns the table.
+
+  Prompts: preference prompts of the first 4 users x their 16 most popular unseen items (runs
+  sharing a profile), of the first 32 users x their most popular unseen item (nothing shared),
+  and summary prompts of the first 8 users (generation).
+  """
+  dataset = data_lib.load_dataset(config)
+  profiles = profiles_lib.template_profiles(dataset, options.profile_max_titles)
+  popularity = augment_lib.popularity_embeddings(dataset)
+
+  def preference_prompts(num_users: int, per_user: int) -> list[str]:
+    users = np.arange(min(num_users, dataset.num_users), dtype=np.int32)
+    candidates = augment_lib.candidate_items(dataset, users, *popularity, per_user, 0, 0)
+    return [prompts.preference_prompt(profiles.user_text[u], profiles.item_text[i])
+            for u, items in zip(users.tolist(), candidates) for i in items.tolist()]
+
+  rows = throughput.measure(options.llm_model, options.llm_device, options.throughput_dtypes,
+                            options.throughput_batch_sizes, preference_prompts(4, 16),
+                            preference_prompts(32, 1),
+                            [prompts.summary_prompt(t) for t in profiles.user_text[:8]],
+                            options.llm_max_new_tokens, options.model_cache_dir)
+  table = throughput.format_table(rows)
+  reporting.atomic_write_text(os.path.join(options.llm_dir, "throughput.md"), table + "\n")
+  return table
