@@ -171,6 +171,11 @@ def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str,
 
 def training_devices(config: config_lib.Config) -> list[Any]:
   """The local devices a run trains on (--num_devices); the batch must divide evenly over them."""
+  if jax.process_count() > 1:
+    # pmap over local devices would reduce per process: the hosts would train apart, silently.
+    raise NotImplementedError(
+        "Training over several processes (jax.distributed) is not supported yet: the step would "
+        "reduce over this process's devices only. Train on one host (all its local devices).")
   devices = jax.local_devices()
   if config.num_devices:
     if config.num_devices > len(devices):

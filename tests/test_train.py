@@ -293,10 +293,10 @@ def run_python(args, extra_env=None, cache_dir=None):
 
 
 def test_two_devices_match_one_device(tmp_path):
-  # NPROC=3: XLA's CPU thread pool must outnumber the devices for the scipy kernel's host
+  # NPROC=16: XLA's CPU thread pool needs 8 threads per device for the scipy kernel's host
   # callbacks (see graph.host_callbacks_can_deadlock).
   stdout = run_python([__file__, "--compare_devices", tmp_path / "runs"],
-                      {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "NPROC": "3"},
+                      {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "NPROC": "16"},
                       cache_dir=tmp_path / "cache")
   results = json.loads(stdout.strip().splitlines()[-1])
   assert results.pop("local_devices") == 2

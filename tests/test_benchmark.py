@@ -1,0 +1,114 @@
+"""Tests for lagcl_jax.benchmark: the synthetic generator, the measurements and a tiny run."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from lagcl_jax import benchmark
+from lagcl_jax.config import Config
+from tests import synthetic
+
+
+def test_power_law_interactions_are_exact_distinct_and_in_range():
+  users, items = benchmark.power_law_interactions(500, 300, 20_000, seed=3)
+  assert users.shape == items.shape == (20_000,)
+  assert users.dtype == items.dtype == np.int32
+  assert users.min() >= 0 and users.max() < 500 and items.min() >= 0 and items.max() < 300
+  keys = users.astype(np.int64) * 300 + items
+  assert np.all(np.diff(keys) > 0)  # Sorted by (user, item), no duplicate.
+  again = benchmark.power_law_interactions(500, 300, 20_000, seed=3)
+  np.testing.assert_array_equal(again[0], users)
+  np.testing.assert_array_equal(again[1], items)
+  with pytest.raises(ValueError, match="too dense"):
+    benchmark.power_law_interactions(10, 10, 60)
+
+
+@pytest.mark.parametrize("exponent", [0.5, 1.0])
+def test_item_degrees_follow_the_power_law(exponent):
+  """log(degree) against log(rank) has slope -exponent (sparse enough to dedupe little)."""
+  _, items = benchmark.power_law_interactions(20_000, 1_000, 50_000, user_exponent=0.3,
+                                              item_exponent=exponent, seed=0)
+  degrees = np.sort(np.bincount(items, minlength=1_000))[::-1]
+  ranks = np.arange(1, 1_001)
+  middle = slice(5, 500)  # The head saturates a little, the tail is Poisson noise.
+  slope = np.polyfit(np.log(ranks[middle]), np.log(degrees[middle]), 1)[0]
+  assert slope == pytest.approx(-exponent, abs=0.12)
+  uniform_slope = np.polyfit(
+      np.log(ranks[middle]),
+      np.log(np.sort(np.bincount(np.random.default_rng(0).integers(0, 1_000, 50_000)))[::-1][
+          middle]), 1)[0]
+  assert abs(uniform_slope) < 0.15  # The fit tells a power law from uniform draws.
+
+
+def test_synthetic_dataset_holds_out_one_interaction_per_test_user():
+  dataset = benchmark.synthetic_dataset(300, 200, 6_000, num_test_users=50, seed=1)
+  assert dataset.num_users == 300 and dataset.num_items == 200
+  assert len(dataset.train) + len(dataset.test) == 6_000 and len(dataset.valid) == 0
+  assert len(dataset.test) == 50 and np.unique(dataset.test.users).size == 50
+  train_keys = set(zip(dataset.train.users.tolist(), dataset.train.items.tolist()))
+  assert not train_keys & set(zip(dataset.test.users.tolist(), dataset.test.items.tolist()))
+  assert set(dataset.test.users.tolist()) <= set(dataset.train.users.tolist())
+  assert np.all(dataset.train.labels == 1) and np.all(dataset.test.labels == 1)
+
+
+def test_measure_reports_the_median():
+  sleeps = iter([0.0, 0.3, 0.0, 0.1])  # Warm-up, then three timed calls: the median sleeps 0.1 s.
+  times = benchmark.measure(lambda: time.sleep(next(sleeps)), repeats=3)
+  assert 0.1 <= times["seconds"] < 0.3
+  assert 0 <= times["cpu_seconds"] < times["seconds"]  # Sleeping takes no CPU.
+
+
+def test_memory_reports():
+  host = benchmark.host_memory()
+  assert host["peak_rss_bytes"] >= host["current_rss_bytes"] > 10 * 2**20
+  devices = benchmark.device_memory()
+  assert devices and all("peak_bytes_in_use" in d for d in devices)
+
+
+def test_scale_test_at_small_size():
+  config = Config(embedding_dim=8, batch_size=64, eval_batch_size=32,
+                  propagation_kernel="segment_sum")
+  options = benchmark.Options(scale_users=400, scale_items=150, scale_interactions=5_000)
+  result = benchmark.scale_test(config, options)
+  assert result["num_edges"] == 2 * (5_000 - 32)  # Train pairs, both directions.
+  assert result["evaluated_users"] == 32
+  assert result["step_seconds"] > 0 and result["fits_24_gib"]
+  assert result["memory"]["peak_rss_bytes"] > 0
+
+
+def test_tiny_benchmark_run_has_every_figure(tmp_path):
+  paths = synthetic.write_paper_files(str(tmp_path))
+  config = synthetic.tiny_config(paths, groups=True, num_devices=0)
+  options = benchmark.Options(max_steps=2, repeats=1, phase_repeats=1, eval_repeats=1,
+                              device_steps=2)
+  result = benchmark.run(config, options)
+  json.loads(json.dumps(result))  # Plain JSON.
+  epoch = result["epoch"]
+  assert epoch["extrapolated"] == (epoch["num_batches"] > 2) and epoch["steps_timed"] <= 2
+  for name in ("lagcl", "xsimgcl"):
+    assert epoch[name]["seconds"] == pytest.approx(
+        epoch[name]["seconds_per_step"] * epoch["num_batches"])
+    phases = result["phases_per_step"][name]
+    for phase in ("negative_sampling", "host_device_transfer", "propagation_fwd_bwd",
+                  "of_which_noise", "losses_fwd_bwd", "optimizer", "device_step",
+                  "loop_overhead"):
+      assert set(phases[phase]) == {"seconds", "cpu_seconds"}
+  limit = result["limit"]
+  assert limit["products"] == 4 and limit["seconds"] > 0
+  assert limit["kernel"] == min(limit["kernels"], key=lambda k: limit["kernels"][k]["seconds"])
+  # One repeat: the ratios of its times.
+  assert result["limit_ratio"] == pytest.approx(
+      epoch["lagcl"]["seconds"] / (epoch["num_batches"] * limit["seconds"]))
+  assert result["group_overhead_ratio"] == pytest.approx(
+      epoch["lagcl"]["seconds"] / epoch["xsimgcl"]["seconds"])
+  assert result["evaluation"]["num_users"] > 0 and result["evaluation"]["seconds"] > 0
+  assert set(result["goals"]) == {"epoch_within_1.5x_limit", "evaluation_under_2s",
+                                  "group_overhead_at_most_10pct"}
+  devices = result["devices"]
+  assert "error" not in devices, devices.get("error")
+  assert devices["max_param_difference"] < 1e-5  # 1 and 2 devices: the same update.
+  assert devices["1_device"]["rows_per_second"] > 0 and devices["2_devices"]["rows_per_second"] > 0
+  table = benchmark.format_table(result)
+  assert "limit_ratio" in table and "1 vs 2 devices" in table

@@ -1,0 +1,96 @@
+"""Tests for the threaded SciPy CSR kernel of lagcl_jax.graph against the reference kernels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lagcl_jax import graph as graph_lib
+
+NUM_USERS, NUM_ITEMS = 23, 17
+
+
+@pytest.fixture(scope="module")
+def graph():
+  """A random bipartite graph with skewed degrees and some isolated nodes."""
+  rng = np.random.default_rng(0)
+  users = (rng.power(0.4, 300) * (NUM_USERS - 2)).astype(np.int64)
+  items = rng.integers(0, NUM_ITEMS - 1, 300)
+  return graph_lib.build_graph(NUM_USERS, NUM_ITEMS, users, items)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2, 3, 7, 100])
+def test_row_blocks_cover_all_rows_in_order_with_balanced_nonzeros(graph, num_blocks):
+  adjacency = graph_lib.to_csr(graph)
+  blocks = graph_lib.row_blocks(adjacency, num_blocks)
+  assert 1 <= len(blocks) <= min(num_blocks, adjacency.shape[0])
+  np.testing.assert_array_equal(sp.vstack(blocks).toarray(), adjacency.toarray())
+  if num_blocks <= 3:  # Few blocks: each within one row's worth of the fair share.
+    max_row = np.diff(adjacency.indptr).max()
+    for block in blocks:
+      assert abs(block.nnz - adjacency.nnz / len(blocks)) <= max_row
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3, 8])
+def test_threaded_csr_product_equals_single_threaded_and_dense(graph, num_threads):
+  adjacency = graph_lib.to_csr(graph)
+  x = np.random.default_rng(1).normal(size=(adjacency.shape[0], 6)).astype(np.float32)
+  product = graph_lib.csr_product(adjacency, num_threads)
+  result = product(x)
+  assert result.dtype == np.float32 and result.shape == x.shape
+  # Each row is summed in the same order as by the single-threaded product: identical values.
+  np.testing.assert_array_equal(result, graph_lib.csr_product(adjacency, 1)(x))
+  np.testing.assert_allclose(result, adjacency.toarray().astype(np.float64) @ x, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_scipy_kernel_matches_segment_sum_values_and_gradients(graph):
+  """The flag's CPU kernel (threaded over the available cores) against the XLA reference."""
+  scipy_kernel = graph_lib.make_propagation("scipy", graph)
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(NUM_USERS + NUM_ITEMS, 5)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def loss(propagate, x):
+    first = propagate(graph, x)
+    return jnp.sum(jnp.tanh(propagate(graph, first)) * weights) + jnp.sum(first ** 2)
+
+  values = {}
+  for name, propagate in (("scipy", scipy_kernel),
+                          ("segment_sum", graph_lib.propagate_segment_sum)):
+    values[name] = jax.jit(jax.value_and_grad(lambda x, p=propagate: loss(p, x)))(x)
+  np.testing.assert_allclose(values["scipy"][0], values["segment_sum"][0], rtol=1e-5)
+  np.testing.assert_allclose(values["scipy"][1], values["segment_sum"][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("nproc,devices,expected", [
+    ("", 1, False),  # One device never deadlocks.
+    ("2", 2, True),  # 2 devices, 2 threads: every thread can end up waiting in a callback.
+    ("3", 2, True),  # Still hung on ML-1M-sized inputs.
+    ("16", 2, False),
+    ("39", 5, True),
+])
+def test_host_callbacks_can_deadlock(monkeypatch, nproc, devices, expected):
+  monkeypatch.setenv("NPROC", nproc)
+  monkeypatch.setattr(jax, "local_device_count", lambda: devices)
+  monkeypatch.setattr(graph_lib, "available_cores", lambda: 2)
+  assert graph_lib.host_callbacks_can_deadlock() == expected
+
+
+def test_deadlock_prone_setup_gets_segment_sum_or_a_clear_error(monkeypatch, graph):
+  monkeypatch.setattr(graph_lib, "host_callbacks_can_deadlock", lambda: True)
+  assert graph_lib.make_propagation("auto", graph) is graph_lib.propagate_segment_sum
+  with pytest.raises(ValueError, match="NPROC"):
+    graph_lib.make_propagation("scipy", graph)
+
+
+def test_build_graph_edges_are_distinct_and_sorted_by_receiver_then_sender():
+  rng = np.random.default_rng(3)
+  users, items = rng.integers(0, 50, 2_000), rng.integers(0, 40, 2_000)
+  graph = graph_lib.build_graph(50, 40, users, items)
+  keys = graph.receivers.astype(np.int64) * 90 + graph.senders
+  assert np.all(np.diff(keys) > 0)
+  pairs = {(u, i + 50) for u, i in zip(users.tolist(), items.tolist())}
+  assert set(zip(graph.senders.tolist(), graph.receivers.tolist())) == (
+      pairs | {(i, u) for u, i in pairs})
