@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from lagcl_jax import reporting
 from lagcl_jax.data_types import Dataset, Interactions
 
 
@@ -43,6 +44,8 @@ def top_k_items(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray,
   k = min(k, item_emb.shape[0])
   batch_size = max(1, min(batch_size, users.shape[0]))
   out_items, out_scores = [], []
+  num_batches = -(-users.shape[0] // batch_size)
+  bar = reporting.progress_bar(num_batches, "ranking", unit="batch") if num_batches > 1 else None
   for start in range(0, users.shape[0], batch_size):
     chunk = users[start:start + batch_size]
     padded = np.pad(chunk, (0, batch_size - chunk.shape[0]))
@@ -50,6 +53,10 @@ def top_k_items(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray,
     scores, items = _masked_top_k(jnp.asarray(user_emb[padded]), item_emb, jnp.asarray(mask), k)
     out_items.append(np.asarray(items)[:chunk.shape[0]])
     out_scores.append(np.asarray(scores)[:chunk.shape[0]])
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
   if not out_items:
     return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
   return np.concatenate(out_items).astype(np.int32), np.concatenate(out_scores)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from lagcl_jax import evaluation
 from lagcl_jax.data_types import Dataset
 
 
@@ -56,16 +55,12 @@ def progress_bar(total: int, description: str, initial: int = 0, unit: str = "it
                    dynamic_ncols=True, mininterval=1.0)
 
 
-def write_recommendations(path: str, dataset: Dataset, user_emb: np.ndarray,
-                          item_emb: np.ndarray, k: int, batch_size: int) -> None:
-  """Top-k unseen items (train and valid masked) of every user: `user, rank, item, score` TSV."""
-  exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items, dataset.train,
-                                          dataset.valid)
-  users = np.arange(dataset.num_users, dtype=np.int32)
-  items, scores = evaluation.top_k_items(user_emb, item_emb, users, exclude, k, batch_size)
+def write_recommendations(path: str, dataset: Dataset, items: np.ndarray,
+                          scores: np.ndarray) -> None:
+  """Every user's ranked items ([num_users, k] from `evaluation.top_k_items`) as a
+  `user, rank, item, score` TSV with raw ids; masked (-inf) slots are left out."""
   lines = ["user\trank\titem\tscore\n"]
-  for u in users:
-    uid = dataset.user_ids[u]
+  for u, uid in enumerate(dataset.user_ids):
     lines.extend(f"{uid}\t{r + 1}\t{dataset.item_ids[i]}\t{s:.6f}\n"
                  for r, (i, s) in enumerate(zip(items[u], scores[u])) if np.isfinite(s))
   atomic_write_text(path, "".join(lines))

@@ -84,8 +84,7 @@ class BatchSampler:
     found = np.minimum(found, self._positive_keys.shape[0] - 1)
     return self._positive_keys[found] == keys
 
-  def _draw(self, rng: np.random.Generator, users: np.ndarray, pos_items: np.ndarray,
-            propose, accept) -> np.ndarray:
+  def _draw(self, rng: np.random.Generator, users: np.ndarray, propose, accept) -> np.ndarray:
     """Rejection sampling: proposals until accepted, then a uniform non-positive fallback."""
     out = np.zeros(users.shape[0], np.int32)
     todo = np.arange(users.shape[0])
@@ -109,16 +108,16 @@ class BatchSampler:
                  pos_items: np.ndarray) -> np.ndarray:
     uniform = lambda rng, todo: rng.integers(0, self.num_items, todo.size).astype(np.int32)
     if not self.use_groups:
-      return self._draw(rng, users, pos_items, uniform, lambda t, c: np.ones(t.size, bool))[:, None]
+      return self._draw(rng, users, uniform, lambda t, c: np.ones(t.size, bool))[:, None]
     groups = self.item_groups[pos_items]
-    easy = self._draw(rng, users, pos_items, uniform,
+    easy = self._draw(rng, users, uniform,
                       lambda todo, cand: self.item_groups[cand] != groups[todo])
 
     def same_group(rng, todo):
       start, stop = self._group_start[groups[todo]], self._group_start[groups[todo] + 1]
       return self._group_members[start + (rng.random(todo.size) * (stop - start)).astype(np.int64)]
 
-    hard = self._draw(rng, users, pos_items, same_group, lambda t, c: np.ones(t.size, bool))
+    hard = self._draw(rng, users, same_group, lambda t, c: np.ones(t.size, bool))
     if self.hard_from_dislikes:
       start, stop = self._dislike_start[users], self._dislike_start[users + 1]
       has = stop > start

@@ -363,8 +363,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
   if config.retrain_on_full and len(dataset.valid):
     logging.info("Retraining on train + valid for the selected %d epochs.", progress["best_epoch"])
     full_config = config.replace(num_epochs=progress["best_epoch"], retrain_on_full=False)
-    full_setup = dataclasses.replace(create_model(full_config, merge_validation(dataset)),
-                                     config=full_config)
+    full_setup = create_model(full_config, merge_validation(dataset))
     model_dir = "full"
     _fit(full_setup, os.path.join(workdir, model_dir))
     setup = full_setup
@@ -373,9 +372,14 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
   final["model_dir"] = model_dir
   params = restore_params(setup, os.path.join(workdir, model_dir))[0]
   user_emb, item_emb = compute_embeddings(setup, params)
+  # Recommendations for every user, with everything the final model trained on masked.
+  exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items,
+                                          setup.dataset.train, setup.dataset.valid)
+  all_users = np.arange(dataset.num_users, dtype=np.int32)
+  items, scores = evaluation.top_k_items(user_emb, item_emb, all_users, exclude,
+                                         config.num_recommendations, config.eval_batch_size)
   reporting.write_recommendations(os.path.join(workdir, "recommendations.tsv"), setup.dataset,
-                                  user_emb, item_emb, config.num_recommendations,
-                                  config.eval_batch_size)
+                                  items, scores)
   reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
   reporting.plot_history(workdir, progress["history"], config.select_metric)
   logging.info("Final: %s", reporting.format_record(final))
