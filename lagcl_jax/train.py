@@ -1,10 +1,12 @@
 """Training and evaluation of the graph recommender: `create_model`, `train_step`,
 `train_and_evaluate`.
 
-The step is data-parallel with `jax.pmap` over the local devices (one device works the same): the
-full-graph propagation is replicated, each device takes a slice of the batch, in-batch contrastive
-candidates are gathered from all devices, and gradients are summed. Losses are divided by the
-global batch counts, so 1 and N devices compute the same update.
+The step is data-parallel with `jax.pmap` over the local devices (one device works the same), or
+over every process's devices when several run together (jax.distributed): the full-graph
+propagation is replicated, each device takes a slice of the batch, in-batch contrastive candidates
+are gathered from all devices, and gradients are summed. Losses are divided by the global batch
+counts, so 1 and N devices compute the same update. Every process draws the same global batch and
+feeds its own devices' rows; only process 0 writes the run's files.
 """
 
 import dataclasses
@@ -170,17 +172,21 @@ def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str,
 
 
 def training_devices(config: config_lib.Config) -> list[Any]:
-  """The local devices a run trains on (--num_devices); the batch must divide evenly over them."""
+  """The devices a run trains on: the local ones (--num_devices), or with several processes
+  (jax.distributed) every process's devices; the batch must divide evenly over them."""
   if jax.process_count() > 1:
-    # pmap over local devices would reduce per process: the hosts would train apart, silently.
-    raise NotImplementedError(
-        "Training over several processes (jax.distributed) is not supported yet: the step would "
-        "reduce over this process's devices only. Train on one host (all its local devices).")
-  devices = jax.local_devices()
-  if config.num_devices:
-    if config.num_devices > len(devices):
-      raise ValueError(f"--num_devices={config.num_devices} but only {len(devices)} local devices")
-    devices = devices[:config.num_devices]
+    # All global devices: pmap over the local ones would reduce per process, training apart.
+    devices = jax.devices()
+    if config.num_devices not in (0, len(devices)):
+      raise ValueError(f"--num_devices={config.num_devices}: with {jax.process_count()} processes "
+                       f"all {len(devices)} devices train; use --num_devices=0")
+  else:
+    devices = jax.local_devices()
+    if config.num_devices:
+      if config.num_devices > len(devices):
+        raise ValueError(f"--num_devices={config.num_devices} but only {len(devices)} local "
+                         "devices")
+      devices = devices[:config.num_devices]
   if config.batch_size % len(devices):
     raise ValueError(f"--batch_size={config.batch_size} must divide evenly over {len(devices)} "
                      "devices")
@@ -194,6 +200,19 @@ def shard_batch(batch: sampler_lib.Batch, num_devices: int) -> tuple[dict, dict]
             "items": batch.item_first.sum()}
   counts = {k: np.full((num_devices,), max(v, 1.0), np.float32) for k, v in counts.items()}
   return arrays, counts
+
+
+def is_local(device) -> bool:
+  return device.process_index == jax.process_index()
+
+
+def local_rows(tree, devices: list[Any]):
+  """This process's rows of a pytree of [len(devices), ...] arrays: those of its own devices, in
+  `devices` order (all rows in a single process)."""
+  rows = [i for i, device in enumerate(devices) if is_local(device)]
+  if len(rows) == len(devices):
+    return tree
+  return jax.tree.map(lambda x: x[rows], tree)
 
 
 def batch_sampler(setup: Setup) -> sampler_lib.BatchSampler:
@@ -219,8 +238,10 @@ def pmap_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
 
 
 def replicate(tree, devices: list[Any]):
-  """`tree` copied to every device and placed as `pmap` places its outputs, so that the step
-  compiles once (not again at the second step, when its input is its own output)."""
+  """`tree` copied to this process's devices of `devices` and placed as `pmap` places its outputs
+  (over the local devices), so that the step compiles once (not again at the second step, when its
+  input is its own output)."""
+  devices = [device for device in devices if is_local(device)]
   return jax.device_put(flax.jax_utils.replicate(tree, devices), pmap_sharding(devices))
 
 
@@ -235,6 +256,7 @@ def _fit(setup: Setup, workdir: str) -> dict:
   config, dataset = setup.config, setup.dataset
   devices = training_devices(config)
   num_devices = len(devices)
+  logging.info("Training on %d devices (%d processes).", num_devices, jax.process_count())
   sampler = batch_sampler(setup)
   p_train_step = pmap_train_step(setup, devices)
   checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
@@ -271,6 +293,8 @@ def _fit(setup: Setup, workdir: str) -> dict:
   def save(name, progress):
     state = unreplicate(replicated)
     check_finite(progress["epoch"], progress["partial_sums"], state)
+    if jax.process_count() > 1:  # Orbax saves no host-local jax.Array there; NumPy: process 0.
+      state = jax.device_get(state)
     checkpoints.save(name, int(progress["global_step"]), state, progress)
 
   # --- Epochs. ---------------------------------------------------------------------------------
@@ -282,7 +306,7 @@ def _fit(setup: Setup, workdir: str) -> dict:
                                  initial=progress["step_in_epoch"], unit="step")
     for step, batch in enumerate(sampler.epoch(epoch, progress["step_in_epoch"]),
                                  start=progress["step_in_epoch"]):
-      arrays, counts = shard_batch(batch, num_devices)
+      arrays, counts = local_rows(shard_batch(batch, num_devices), devices)
       replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays, counts)
       for name, value in terms.items():
         sums[name] = sums.get(name, 0.0) + value[0]
@@ -317,7 +341,8 @@ def _fit(setup: Setup, workdir: str) -> dict:
     if improved:
       save("best", progress)
     save("latest", progress)
-    reporting.write_history(workdir, progress["history"])
+    if jax.process_index() == 0:
+      reporting.write_history(workdir, progress["history"])
     if stop:
       logging.info("Early stop: no %s gain for %d epochs; best epoch %d.", config.select_metric,
                    config.patience, progress["best_epoch"])
@@ -353,7 +378,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
     raise ValueError(f"--select_metric={config.select_metric!r}: expected a validation metric "
                      f"at one of --top_k, i.e. one of {selectable}")
   os.makedirs(workdir, exist_ok=True)
-  reporting.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+  writes_files = jax.process_index() == 0  # Several processes (jax.distributed) share `workdir`.
+  if writes_files:
+    reporting.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
   dataset = data_lib.load_dataset(config)
   setup = create_model(config, dataset)
   progress = _fit(setup, workdir)
@@ -370,17 +397,18 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
     final.update(evaluate_params(setup, restore_params(setup, os.path.join(workdir, model_dir))[0],
                                  splits=("test",)))
   final["model_dir"] = model_dir
-  params = restore_params(setup, os.path.join(workdir, model_dir))[0]
-  user_emb, item_emb = compute_embeddings(setup, params)
-  # Recommendations for every user, with everything the final model trained on masked.
-  exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items,
-                                          setup.dataset.train, setup.dataset.valid)
-  all_users = np.arange(dataset.num_users, dtype=np.int32)
-  items, scores = evaluation.top_k_items(user_emb, item_emb, all_users, exclude,
-                                         config.num_recommendations, config.eval_batch_size)
-  reporting.write_recommendations(os.path.join(workdir, "recommendations.tsv"), setup.dataset,
-                                  items, scores)
-  reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
-  reporting.plot_history(workdir, progress["history"], config.select_metric)
+  params = restore_params(setup, os.path.join(workdir, model_dir))[0]  # All: orbax synchronises.
+  if writes_files:
+    user_emb, item_emb = compute_embeddings(setup, params)
+    # Recommendations for every user, with everything the final model trained on masked.
+    exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items,
+                                            setup.dataset.train, setup.dataset.valid)
+    all_users = np.arange(dataset.num_users, dtype=np.int32)
+    items, scores = evaluation.top_k_items(user_emb, item_emb, all_users, exclude,
+                                           config.num_recommendations, config.eval_batch_size)
+    reporting.write_recommendations(os.path.join(workdir, "recommendations.tsv"), setup.dataset,
+                                    items, scores)
+    reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
+    reporting.plot_history(workdir, progress["history"], config.select_metric)
   logging.info("Final: %s", reporting.format_record(final))
   return final

@@ -41,8 +41,9 @@ def main(argv):
   reporting.quiet_library_logs()
   config = config_flags.config_from_flags()
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  reporting.atomic_write_text(os.path.join(_WORKDIR.value, "flags.txt"),
-                              config_flags.flags_as_flagfile())
+  if jax.process_index() == 0:  # Several processes share the work directory.
+    reporting.atomic_write_text(os.path.join(_WORKDIR.value, "flags.txt"),
+                                config_flags.flags_as_flagfile())
   logging.info("Config: %s", config)
   train.train_and_evaluate(config, _WORKDIR.value)
 
