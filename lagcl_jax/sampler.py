@@ -130,11 +130,9 @@ class BatchSampler:
     """The batches of `epoch` (0-based), from step `start_step` of that epoch on."""
     rng = np.random.default_rng([self.seed, epoch])
     order = rng.permutation(self.users.shape[0])
-    for step in range(self.num_batches):
+    for step in range(start_step, self.num_batches):
       # Each batch has its own generator, so skipping steps on resume changes nothing.
       batch_rng = np.random.default_rng([self.seed, epoch, step])
-      if step < start_step:
-        continue
       rows = order[step * self.batch_size:(step + 1) * self.batch_size]
       real = np.ones(self.batch_size, bool)
       real[rows.size:] = False

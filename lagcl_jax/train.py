@@ -367,6 +367,18 @@ def merge_validation(dataset: Dataset) -> Dataset:
                              valid=Interactions.empty())
 
 
+def _write_recommendations(setup: Setup, params, path: str) -> None:
+  """Top-K items of every user, with everything the model trained on (train, valid) masked."""
+  dataset, config = setup.dataset, setup.config
+  user_emb, item_emb = compute_embeddings(setup, params)
+  exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items, dataset.train,
+                                          dataset.valid)
+  all_users = np.arange(dataset.num_users, dtype=np.int32)
+  items, scores = evaluation.top_k_items(user_emb, item_emb, all_users, exclude,
+                                         config.num_recommendations, config.eval_batch_size)
+  reporting.write_recommendations(path, dataset, items, scores)
+
+
 def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a run), selects, tests; writes the artefacts.
 
@@ -385,29 +397,20 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
   setup = create_model(config, dataset)
   progress = _fit(setup, workdir)
   final = {"best_epoch": progress["best_epoch"]}
-  final.update(evaluate_params(setup, restore_params(setup, workdir)[0]))
+  params = restore_params(setup, workdir)[0]  # Every process: orbax synchronises them.
+  final.update(evaluate_params(setup, params))
   model_dir = "."
   if config.retrain_on_full and len(dataset.valid):
     logging.info("Retraining on train + valid for the selected %d epochs.", progress["best_epoch"])
     full_config = config.replace(num_epochs=progress["best_epoch"], retrain_on_full=False)
-    full_setup = create_model(full_config, merge_validation(dataset))
+    setup = create_model(full_config, merge_validation(dataset))
     model_dir = "full"
-    _fit(full_setup, os.path.join(workdir, model_dir))
-    setup = full_setup
-    final.update(evaluate_params(setup, restore_params(setup, os.path.join(workdir, model_dir))[0],
-                                 splits=("test",)))
+    _fit(setup, os.path.join(workdir, model_dir))
+    params = restore_params(setup, os.path.join(workdir, model_dir))[0]
+    final.update(evaluate_params(setup, params, splits=("test",)))
   final["model_dir"] = model_dir
-  params = restore_params(setup, os.path.join(workdir, model_dir))[0]  # All: orbax synchronises.
   if writes_files:
-    user_emb, item_emb = compute_embeddings(setup, params)
-    # Recommendations for every user, with everything the final model trained on masked.
-    exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items,
-                                            setup.dataset.train, setup.dataset.valid)
-    all_users = np.arange(dataset.num_users, dtype=np.int32)
-    items, scores = evaluation.top_k_items(user_emb, item_emb, all_users, exclude,
-                                           config.num_recommendations, config.eval_batch_size)
-    reporting.write_recommendations(os.path.join(workdir, "recommendations.tsv"), setup.dataset,
-                                    items, scores)
+    _write_recommendations(setup, params, os.path.join(workdir, "recommendations.tsv"))
     reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
     reporting.plot_history(workdir, progress["history"], config.select_metric)
   logging.info("Final: %s", reporting.format_record(final))
