@@ -96,6 +96,51 @@ class Config:
     return dataclasses.replace(self, **changes)
 
 
+def _check(condition: bool, flag: str, value, expected: str) -> None:
+  if not condition:
+    raise ValueError(f"--{flag}={value!r}: expected {expected}")
+
+
+def validate(config: Config) -> None:
+  """Every check of a config's values, in one place; run before a run writes anything.
+
+  Raises:
+    ValueError naming the flag, its value and what is expected.
+  """
+  c = config
+  _check(c.graph_edges in ("positive", "all"), "graph_edges", c.graph_edges, "positive or all")
+  _check(c.groups in ("none", "files", "metadata"), "groups", c.groups,
+         "none, files or metadata")
+  _check(c.propagation_kernel in ("auto", "segment_sum", "scipy"), "propagation_kernel",
+         c.propagation_kernel, "auto, segment_sum or scipy")
+  _check(c.embedding_dim > 0, "embedding_dim", c.embedding_dim, "> 0")
+  _check(c.num_layers >= 1, "num_layers", c.num_layers, ">= 1")
+  _check(c.cl_weight == 0 or 1 <= c.cl_layer <= c.num_layers, "cl_layer", c.cl_layer,
+         f"1 <= cl_layer <= --num_layers={c.num_layers}")
+  _check(c.eps >= 0, "eps", c.eps, ">= 0")
+  _check(c.cl_weight >= 0, "cl_weight", c.cl_weight, ">= 0")
+  for name in ("tau", "tau_easy_scale", "tau_hard_scale", "tau_floor", "hard_weight"):
+    _check(getattr(c, name) > 0, name, getattr(c, name), "> 0")
+  _check(c.learning_rate > 0, "learning_rate", c.learning_rate, "> 0")
+  _check(c.batch_size > 0, "batch_size", c.batch_size, "> 0")
+  _check(c.reg >= 0, "reg", c.reg, ">= 0")
+  _check(c.num_epochs >= 0, "num_epochs", c.num_epochs, ">= 0")
+  _check(c.patience >= 0, "patience", c.patience, ">= 0")
+  _check(c.checkpoint_every_steps >= 0, "checkpoint_every_steps", c.checkpoint_every_steps,
+         ">= 0")
+  _check(c.num_devices >= 0, "num_devices", c.num_devices, ">= 0 (0: all local devices)")
+  _check(0 <= c.valid_fraction < 1, "valid_fraction", c.valid_fraction, "0 <= fraction < 1")
+  _check(0 <= c.test_fraction < 1, "test_fraction", c.test_fraction, "0 <= fraction < 1")
+  _check(len(c.top_k) > 0 and all(k > 0 for k in c.top_k), "top_k", c.top_k,
+         "positive cut-offs")
+  _check(c.eval_batch_size > 0, "eval_batch_size", c.eval_batch_size, "> 0")
+  _check(c.num_recommendations > 0, "num_recommendations", c.num_recommendations, "> 0")
+  selectable = [f"valid/{name}@{k}" for k in c.top_k
+                for name in ("recall", "ndcg", "precision", "hit")]
+  _check(c.select_metric in selectable, "select_metric", c.select_metric,
+         f"a validation metric at one of --top_k, i.e. one of {selectable}")
+
+
 def config_from_dict(values: dict, base: Optional[Config] = None) -> Config:
   """Builds a Config from a dict (e.g. a saved config.json), ignoring unknown keys."""
   base = base or Config()

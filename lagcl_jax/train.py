@@ -384,11 +384,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any
 
   Returns the final metrics (also in `workdir/final_metrics.json`).
   """
-  selectable = [f"valid/{name}@{k}" for k in config.top_k
-                for name in ("recall", "ndcg", "precision", "hit")]
-  if config.select_metric not in selectable:
-    raise ValueError(f"--select_metric={config.select_metric!r}: expected a validation metric "
-                     f"at one of --top_k, i.e. one of {selectable}")
+  config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   writes_files = jax.process_index() == 0  # Several processes (jax.distributed) share `workdir`.
   if writes_files:

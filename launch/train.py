@@ -16,6 +16,7 @@ from absl import logging
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lagcl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 from lagcl_jax import flags as config_flags  # pylint: disable=g-import-not-at-top
 from lagcl_jax import reporting  # pylint: disable=g-import-not-at-top
 from lagcl_jax import train  # pylint: disable=g-import-not-at-top
@@ -40,6 +41,10 @@ def main(argv):
     raise app.UsageError("--num_processes/--process_id need --coordinator_address.")
   reporting.quiet_library_logs()
   config = config_flags.config_from_flags()
+  try:
+    config_lib.validate(config)  # Before anything is written.
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   os.makedirs(_WORKDIR.value, exist_ok=True)
   if jax.process_index() == 0:  # Several processes share the work directory.
     reporting.atomic_write_text(os.path.join(_WORKDIR.value, "flags.txt"),
