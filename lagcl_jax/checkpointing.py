@@ -52,6 +52,15 @@ class RunCheckpoints:
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
     return restored.state, dict(restored.progress)
 
+  def progress(self, name: str) -> Optional[dict]:
+    """The progress record of the newest checkpoint `name` (without its arrays), or None."""
+    manager = self._managers[name]
+    step = manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return dict(restored.progress)
+
   def close(self) -> None:
     for manager in self._managers.values():
       manager.close()

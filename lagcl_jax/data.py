@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -43,6 +42,7 @@ from typing import Any, Callable, Optional
 from absl import logging
 import numpy as np
 
+from lagcl_jax import files
 from lagcl_jax.config import Config
 from lagcl_jax.data_types import Dataset, Interactions
 
@@ -383,25 +383,18 @@ def download_archive(archive: Archive, data_dir: str,
   urlopen = urlopen or urllib.request.urlopen
   os.makedirs(data_dir, exist_ok=True)
   destination = os.path.join(data_dir, archive.file_name)
-  fd, temp_path = tempfile.mkstemp(dir=data_dir, prefix=f".{archive.file_name}.",
-                                   suffix=".part")
-  try:
+  with files.atomic_writer(destination) as out:  # Not replaced unless the checksums match.
     sha256, md5 = hashlib.sha256(), hashlib.md5()
-    with os.fdopen(fd, "wb") as out:
-      with urlopen(archive.url, timeout=60) as response:
-        while chunk := response.read(1 << 20):
-          out.write(chunk)
-          sha256.update(chunk)
-          md5.update(chunk)
+    with urlopen(archive.url, timeout=60) as response:
+      while chunk := response.read(1 << 20):
+        out.write(chunk)
+        sha256.update(chunk)
+        md5.update(chunk)
     if sha256.hexdigest() != archive.sha256 or md5.hexdigest() != archive.md5:
       raise ValueError(
           f"Checksum mismatch for {archive.url}: sha256 {sha256.hexdigest()} (expected "
           f"{archive.sha256}), md5 {md5.hexdigest()} (expected {archive.md5}). "
           f"Download it by hand and place it at {destination}.")
-    os.replace(temp_path, destination)
-  finally:
-    if os.path.exists(temp_path):
-      os.remove(temp_path)
   return destination
 
 
@@ -412,14 +405,7 @@ def extract_archive(zip_path: str, data_dir: str) -> None:
       base = member.rsplit("/", 1)[-1]
       if not base or "__MACOSX" in member:
         continue
-      fd, temp_path = tempfile.mkstemp(dir=data_dir, prefix=f".{base}.", suffix=".part")
-      try:
-        with os.fdopen(fd, "wb") as out:
-          out.write(archive.read(member))
-        os.replace(temp_path, os.path.join(data_dir, base))
-      finally:
-        if os.path.exists(temp_path):
-          os.remove(temp_path)
+      files.atomic_write_bytes(os.path.join(data_dir, base), archive.read(member))
 
 
 def find_movielens(dataset: str, data_dir: str, download: bool,

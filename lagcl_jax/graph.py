@@ -98,13 +98,58 @@ def csr_product(adjacency: sp.csr_matrix,
   return product
 
 
-def _scipy_propagation(adjacency: sp.csr_matrix, num_threads: int) -> Propagation:
-  """A propagation that runs `adjacency @ x` on the host; its VJP is the same product."""
-  host_product = csr_product(adjacency, num_threads)
+def _fingerprint(graph: jraph.GraphsTuple) -> tuple[int, int]:
+  """(edges, hash of senders, receivers and weights) of a concrete graph."""
+  arrays = [np.asarray(a) for a in (graph.senders, graph.receivers, graph.edges)]
+  return arrays[0].shape[0], hash(tuple(a.tobytes() for a in arrays))
+
+
+def _check_same_graph(built_for: tuple[int, int, int], graph: jraph.GraphsTuple,
+                      x: jax.Array) -> None:
+  """Raises unless `graph` (by content, or by shape when traced) and x's rows match `built_for`
+  (nodes, edges, hash)."""
+  traced = any(isinstance(a, jax.core.Tracer) for a in (graph.senders, graph.receivers,
+                                                       graph.edges))
+  edges = graph.senders.shape[0]
+  same_edges = edges == built_for[1] if traced else _fingerprint(graph) == built_for[1:]
+  if not same_edges or x.shape[-2] != built_for[0]:
+    raise ValueError(
+        f"The scipy propagation kernel was built for a graph of {built_for[0]} nodes and "
+        f"{built_for[1]} edges, and was given another one ({x.shape[-2]} rows, {edges} edges"
+        f"{'' if edges != built_for[1] else ', other edges'}). Build the kernel "
+        "(graph.make_propagation) for the graph it propagates over.")
+
+
+def _batched(product: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+  """`product` ([N, d] -> [N, d]) applied to x of shape [..., N, d] in one call: the leading
+  (vmap) dimensions are folded into the columns."""
+
+  def batched(x):
+    x = np.asarray(x, np.float32)
+    if x.ndim == 2:
+      return product(x)
+    columns = np.moveaxis(x, -2, 0)  # [N, ..., d]
+    result = product(columns.reshape(columns.shape[0], -1)).reshape(columns.shape)
+    return np.moveaxis(result, 0, -2)
+
+  return batched
+
+
+def _scipy_propagation(graph: jraph.GraphsTuple, num_threads: int) -> Propagation:
+  """A propagation that runs `adjacency @ x` on the host; its VJP is the same product.
+
+  The result has the dtype of x (computed in float32); under `vmap` the batch is one host call.
+  It refuses a graph other than the one it was built for: by shape when traced, by content
+  otherwise.
+  """
+  built_for = (num_nodes(graph), *_fingerprint(graph))
+  host_product = _batched(csr_product(to_csr(graph), num_threads))
 
   def product(x):
-    shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
-    return jax.pure_callback(host_product, shape, x.astype(jnp.float32))
+    dtype = x.dtype
+    return jax.pure_callback(lambda x: host_product(x).astype(dtype),
+                             jax.ShapeDtypeStruct(x.shape, dtype), x,
+                             vmap_method="broadcast_all")
 
   @jax.custom_vjp
   def propagate(x):
@@ -113,7 +158,7 @@ def _scipy_propagation(adjacency: sp.csr_matrix, num_threads: int) -> Propagatio
   propagate.defvjp(lambda x: (product(x), None), lambda _, g: (product(g),))
 
   def propagate_scipy_csr(graph, x):
-    del graph  # The host CSR already holds it.
+    _check_same_graph(built_for, graph, x)
     return propagate(x)
 
   return propagate_scipy_csr
@@ -122,19 +167,25 @@ def _scipy_propagation(adjacency: sp.csr_matrix, num_threads: int) -> Propagatio
 _THREADS_PER_DEVICE = 8
 
 
-def host_callbacks_can_deadlock() -> bool:
-  """Whether host callbacks under `pmap` over all local CPU devices can hang.
+def _threads_needed(devices: int) -> int:
+  return _THREADS_PER_DEVICE * devices if devices > 1 else 2
 
-  XLA's CPU client runs the devices' programs and the callbacks' argument transfers on one thread
-  pool of NPROC (default: the core count) threads; when every thread runs a device program that
-  waits in a callback, the transfers never run. E.g. 2 forced host devices on 2 cores. NPROC = 3
-  for 2 devices still hung on ML-1M-sized inputs; 8 threads per device never did, so that is the
-  rule.
+
+def host_callbacks_can_deadlock() -> bool:
+  """Whether host callbacks (the scipy kernel) can hang on this CPU backend.
+
+  XLA's CPU client runs the devices' programs and its host transfers on one thread pool of NPROC
+  (default: the available cores) threads. `jax.pure_callback` hands the callback its inputs as
+  CPU arrays placed by a copy that runs on that pool, and the callback waits for it. When every
+  thread of the pool runs a program that waits in a callback, the copy never runs:
+  - one device needs 2 threads (pinned to one core, e.g. `taskset -c 0` or a 1-vCPU machine,
+    the pool has 1 and a run hung in its final evaluation);
+  - several devices: 2 forced host devices on 2 cores hung, NPROC = 3 still hung on ML-1M-sized
+    inputs, 8 threads per device never did, so that is the rule.
   """
   nproc = os.environ.get("NPROC", "")
   pool = int(nproc) if nproc.isdigit() and int(nproc) > 0 else available_cores()
-  devices = jax.local_device_count()
-  return jax.default_backend() == "cpu" and devices > 1 and pool < _THREADS_PER_DEVICE * devices
+  return jax.default_backend() == "cpu" and pool < _threads_needed(jax.local_device_count())
 
 
 def make_propagation(kernel: str, graph: jraph.GraphsTuple) -> Propagation:
@@ -150,8 +201,9 @@ def make_propagation(kernel: str, graph: jraph.GraphsTuple) -> Propagation:
   if kernel == "scipy":
     if host_callbacks_can_deadlock():
       raise ValueError(
-          f"--propagation_kernel=scipy with {jax.local_device_count()} CPU devices needs more "
-          f"XLA CPU threads: set NPROC={_THREADS_PER_DEVICE * jax.local_device_count()} in the "
+          f"--propagation_kernel=scipy with {jax.local_device_count()} CPU device(s) on "
+          f"{available_cores()} core(s) needs more XLA CPU threads: set "
+          f"NPROC={_threads_needed(jax.local_device_count())} in the "
           "environment, or use --propagation_kernel=segment_sum.")
-    return _scipy_propagation(to_csr(graph), available_cores())
+    return _scipy_propagation(graph, available_cores())
   raise ValueError(f"--propagation_kernel={kernel!r}: expected auto, segment_sum or scipy")

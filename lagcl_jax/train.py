@@ -9,6 +9,7 @@ counts, so 1 and N devices compute the same update. Every process draws the same
 feeds its own devices' rows; only process 0 writes the run's files.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,6 +36,7 @@ from lagcl_jax import losses
 from lagcl_jax import model as model_lib
 from lagcl_jax import reporting
 from lagcl_jax import sampler as sampler_lib
+from lagcl_jax import workdir as workdir_lib
 from lagcl_jax.data_types import Dataset, Interactions
 
 _AXIS = "devices"
@@ -379,16 +381,61 @@ def _write_recommendations(setup: Setup, params, path: str) -> None:
   reporting.write_recommendations(path, dataset, items, scores)
 
 
-def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: config_lib.Config, workdir: str, *, overwrite: bool = False,
+                       flagfile: Optional[str] = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a run), selects, tests; writes the artefacts.
+
+  The work directory is claimed first (`workdir.claim`: a lock, and the same config as the run
+  it holds, or `overwrite` to move that run aside); nothing is written before. A complete run
+  (final metrics written, and early-stopped or trained for `config.num_epochs`) is not redone.
+  `flagfile`: text written to `workdir/flags.txt` with `config.json`.
 
   Returns the final metrics (also in `workdir/final_metrics.json`).
   """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
   writes_files = jax.process_index() == 0  # Several processes (jax.distributed) share `workdir`.
-  if writes_files:
-    reporting.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+  with (workdir_lib.claim(workdir, config, overwrite) if writes_files
+        else contextlib.nullcontext()):
+    final = _completed_run(config, workdir)
+    if final is not None:
+      return final
+    if writes_files:
+      reporting.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE),
+                           dataclasses.asdict(config))
+      if flagfile is not None:
+        reporting.atomic_write_text(os.path.join(workdir, "flags.txt"), flagfile)
+    return _train_and_evaluate(config, workdir, writes_files)
+
+
+def _completed_run(config: config_lib.Config, workdir: str) -> Optional[dict[str, Any]]:
+  """The final metrics of the run in `workdir` if it is complete for `config`, else None."""
+  final_path = os.path.join(workdir, "final_metrics.json")
+  if not os.path.exists(final_path):
+    return None
+  checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
+  try:
+    progress = checkpoints.progress("latest")
+  finally:
+    checkpoints.close()
+  if progress is None:
+    return None
+  if progress["stopped_early"]:
+    state = (f"stopped early after epoch {progress['epoch']} (no {config.select_metric} gain for "
+             f"{progress['epochs_since_best']} epochs)")
+  elif progress["epoch"] >= config.num_epochs:
+    state = f"finished its {progress['epoch']} epochs"
+  else:
+    return None  # --num_epochs was raised: train on.
+  logging.info("The run in %s is complete: it %s; best epoch %d. Nothing to do: the final metrics "
+               "are in %s (use another --workdir, or --overwrite, to train again).", workdir,
+               state, progress["best_epoch"], final_path)
+  with open(final_path) as f:
+    return json.load(f)
+
+
+def _train_and_evaluate(config: config_lib.Config, workdir: str,
+                        writes_files: bool) -> dict[str, Any]:
+  """`train_and_evaluate` in a claimed work directory."""
   dataset = data_lib.load_dataset(config)
   setup = create_model(config, dataset)
   progress = _fit(setup, workdir)

@@ -2,7 +2,10 @@ r"""Trains and evaluates a LAGCL4Rec / XSimGCL / LightGCN model.
 
   python launch/train.py --flagfile=configs/ml100k_lagcl.cfg --workdir=runs/ml100k_lagcl
 
-Rerunning the same command resumes an interrupted run from its work directory. Several hosts:
+Rerunning the same command resumes an interrupted run from its work directory; a complete run
+says so and stops. A work directory holds one run: another config there stops with the
+differences (use another --workdir, or --overwrite to move the old run aside), and a second
+process on it stops at once. Several hosts:
 run it on each with --coordinator_address=HOST:PORT (process 0's), --num_processes and
 --process_id (see jax.distributed.initialize).
 """
@@ -20,9 +23,13 @@ from lagcl_jax import config as config_lib  # pylint: disable=g-import-not-at-to
 from lagcl_jax import flags as config_flags  # pylint: disable=g-import-not-at-top
 from lagcl_jax import reporting  # pylint: disable=g-import-not-at-top
 from lagcl_jax import train  # pylint: disable=g-import-not-at-top
+from lagcl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (checkpoints, metrics).",
                                required=True)
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Start afresh in --workdir: a run already there is moved aside to "
+    "WORKDIR.old-<timestamp> (never deleted).")
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None,
     "Multi-host: HOST:PORT of process 0; with it, jax.distributed.initialize runs first.")
@@ -45,13 +52,12 @@ def main(argv):
     config_lib.validate(config)  # Before anything is written.
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  if jax.process_index() == 0:  # Several processes share the work directory.
-    reporting.atomic_write_text(os.path.join(_WORKDIR.value, "flags.txt"),
-                                config_flags.flags_as_flagfile())
   logging.info("Config: %s", config)
-  train.train_and_evaluate(config, _WORKDIR.value)
-
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                             flagfile=config_flags.flags_as_flagfile())
+  except workdir_lib.WorkDirError as e:
+    sys.exit(f"Error: {e}")
 
 if __name__ == "__main__":
   app.run(main)

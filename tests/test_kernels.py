@@ -64,17 +64,19 @@ def test_scipy_kernel_matches_segment_sum_values_and_gradients(graph):
   np.testing.assert_allclose(values["scipy"][1], values["segment_sum"][1], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("nproc,devices,expected", [
-    ("", 1, False),  # One device never deadlocks.
-    ("2", 2, True),  # 2 devices, 2 threads: every thread can end up waiting in a callback.
-    ("3", 2, True),  # Still hung on ML-1M-sized inputs.
-    ("16", 2, False),
-    ("39", 5, True),
+@pytest.mark.parametrize("nproc,cores,devices,expected", [
+    ("", 2, 1, False),  # One device needs 2 threads.
+    ("", 1, 1, True),  # Pinned to one core (taskset -c 0): hung in the final evaluation.
+    ("2", 1, 1, False),
+    ("2", 2, 2, True),  # 2 devices, 2 threads: every thread can end up waiting in a callback.
+    ("3", 2, 2, True),  # Still hung on ML-1M-sized inputs.
+    ("16", 2, 2, False),
+    ("39", 2, 5, True),
 ])
-def test_host_callbacks_can_deadlock(monkeypatch, nproc, devices, expected):
+def test_host_callbacks_can_deadlock(monkeypatch, nproc, cores, devices, expected):
   monkeypatch.setenv("NPROC", nproc)
   monkeypatch.setattr(jax, "local_device_count", lambda: devices)
-  monkeypatch.setattr(graph_lib, "available_cores", lambda: 2)
+  monkeypatch.setattr(graph_lib, "available_cores", lambda: cores)
   assert graph_lib.host_callbacks_can_deadlock() == expected
 
 
@@ -83,6 +85,47 @@ def test_deadlock_prone_setup_gets_segment_sum_or_a_clear_error(monkeypatch, gra
   assert graph_lib.make_propagation("auto", graph) is graph_lib.propagate_segment_sum
   with pytest.raises(ValueError, match="NPROC"):
     graph_lib.make_propagation("scipy", graph)
+
+
+def test_scipy_kernel_keeps_the_input_dtype(graph):
+  kernel = graph_lib.make_propagation("scipy", graph)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(NUM_USERS + NUM_ITEMS, 3)))
+  for dtype in (jnp.bfloat16, jnp.float32):
+    result = jax.jit(lambda x: kernel(graph, x))(x.astype(dtype))
+    assert result.dtype == dtype
+    np.testing.assert_allclose(np.asarray(result, np.float32),
+                               graph_lib.propagate_segment_sum(graph, x.astype(jnp.float32)),
+                               rtol=2e-2 if dtype == jnp.bfloat16 else 1e-5, atol=1e-2)
+  grad = jax.grad(lambda x: kernel(graph, x).astype(jnp.float32).sum())(x.astype(jnp.bfloat16))
+  assert grad.dtype == jnp.bfloat16
+
+
+def test_scipy_kernel_under_vmap_equals_one_call_per_input(graph):
+  kernel = graph_lib.make_propagation("scipy", graph)
+  xs = jnp.asarray(np.random.default_rng(5).normal(size=(4, NUM_USERS + NUM_ITEMS, 3)),
+                   jnp.float32)
+  batched = jax.jit(jax.vmap(lambda x: kernel(graph, x)))(xs)
+  for x, result in zip(xs, batched):
+    np.testing.assert_allclose(result, kernel(graph, x), rtol=1e-6)
+    np.testing.assert_allclose(result, graph_lib.propagate_segment_sum(graph, x), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_scipy_kernel_refuses_another_graph(graph):
+  kernel = graph_lib.make_propagation("scipy", graph)
+  x = jnp.ones((NUM_USERS + NUM_ITEMS, 2))
+  # Same nodes and edge count, other edges: caught when the graph is concrete.
+  other_edges = graph._replace(senders=graph.senders[::-1].copy())
+  # Another edge count: caught also when traced (inside jit).
+  fewer_edges = graph_lib.build_graph(NUM_USERS, NUM_ITEMS, np.array([0, 1]), np.array([2, 3]))
+  bigger = graph_lib.build_graph(NUM_USERS + 1, NUM_ITEMS, np.array([0, 1]), np.array([2, 3]))
+  for other, rows in ((other_edges, NUM_USERS + NUM_ITEMS), (fewer_edges, NUM_USERS + NUM_ITEMS),
+                      (bigger, NUM_USERS + NUM_ITEMS + 1)):
+    with pytest.raises(ValueError, match="built for a graph of"):
+      kernel(other, jnp.ones((rows, 2)))
+  with pytest.raises(ValueError, match="built for a graph of"):
+    jax.jit(kernel)(fewer_edges, x)
+  np.testing.assert_allclose(jax.jit(kernel)(graph, x), kernel(graph, x))
 
 
 def test_build_graph_edges_are_distinct_and_sorted_by_receiver_then_sender():
