@@ -47,6 +47,7 @@ import optax
 from lagcl_jax import config as config_lib
 from lagcl_jax import data as data_lib
 from lagcl_jax import evaluation
+from lagcl_jax import files
 from lagcl_jax import graph as graph_lib
 from lagcl_jax import train
 from lagcl_jax.config import setting
@@ -446,9 +447,9 @@ def run_part(part: str, config: config_lib.Config, options: Options,
     env["NPROC"] = str(max(graph_lib.available_cores(), 8 * num_host_devices))
   with tempfile.TemporaryDirectory() as folder:
     request, output = os.path.join(folder, "request.json"), os.path.join(folder, "result.json")
-    with open(request, "w") as f:
-      json.dump({"part": part, "config": dataclasses.asdict(config),
-                 "options": dataclasses.asdict(options), "output": output}, f)
+    files.atomic_write_text(request, json.dumps({
+        "part": part, "config": dataclasses.asdict(config),
+        "options": dataclasses.asdict(options), "output": output}))
     code = f"from lagcl_jax import benchmark; benchmark.part_main({request!r})"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.getcwd(),
                           capture_output=True, text=True, timeout=options.timeout_s, check=False)
@@ -479,8 +480,7 @@ def part_main(request_path: str) -> None:
     result = scale_test(config, options)
   else:
     raise ValueError(f"unknown benchmark part {request['part']!r}")
-  with open(request["output"], "w") as f:
-    json.dump(result, f)
+  files.atomic_write_text(request["output"], json.dumps(result))
 
 
 # --------------------------------------------------------------------------------------------

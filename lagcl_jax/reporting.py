@@ -4,26 +4,15 @@ training curve, progress bars and one-line records."""
 import json
 import logging
 import os
-import tempfile
+import sys
 from typing import Any
 
 import numpy as np
 import tqdm
 
+from lagcl_jax import files
 from lagcl_jax.data_types import Dataset
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename: never half-written."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-    f.write(text)
-    temp = f.name
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(temp, 0o666 & ~umask)  # Temporary files are created 0600; give the usual mode.
-  os.replace(temp, path)
+from lagcl_jax.files import atomic_write_text  # pylint: disable=unused-import (also for llm/)
 
 
 def write_json(path: str, value: Any) -> None:
@@ -50,9 +39,10 @@ def format_record(record: dict) -> str:
 
 
 def progress_bar(total: int, description: str, initial: int = 0, unit: str = "it"):
-  """A progress bar with throughput on stderr."""
+  """A progress bar with throughput on stderr when stderr is a terminal; otherwise (a log file,
+  a pipe) nothing, so logs hold only the run's lines (e.g. one record per epoch)."""
   return tqdm.tqdm(total=total, initial=initial, desc=description, unit=unit, leave=False,
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=not sys.stderr.isatty())
 
 
 def write_recommendations(path: str, dataset: Dataset, items: np.ndarray,
@@ -83,22 +73,25 @@ def plot_history(workdir: str, history: list[dict], select_metric: str) -> None:
     metric_axis.plot(epochs, [r[select_metric] for r in history], "r-s", label=select_metric)
     metric_axis.set_ylabel(select_metric, color="r")
   fig.tight_layout()
-  temp = os.path.join(workdir, "training_curve.tmp.png")
-  fig.savefig(temp, dpi=100)
+  with files.atomic_writer(os.path.join(workdir, "training_curve.png")) as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
-  os.replace(temp, os.path.join(workdir, "training_curve.png"))
+
+
+_NOISY_LIBRARIES = ("orbax", "jax", "etils", "matplotlib", "transformers", "huggingface_hub")
 
 
 class _DropLibraryInfo(logging.Filter):
-  """Drops INFO records that libraries (orbax, jax) log through absl."""
+  """Drops INFO records that libraries (orbax, jax, matplotlib, ...) log through absl."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    noisy = any(f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "jax", "etils"))
+    noisy = any(f"{os.sep}{name}{os.sep}" in record.pathname for name in _NOISY_LIBRARIES)
     return record.levelno >= logging.WARNING or not noisy
 
 
 def quiet_library_logs() -> None:
-  """Keeps the run's own INFO lines, hides the libraries' (call from a launch script)."""
+  """The log policy of every launch script (call it first in `main`): the run's own INFO lines,
+  the libraries' warnings and errors only; progress bars only on a terminal (`progress_bar`)."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
   logging.getLogger().addFilter(_DropLibraryInfo())

@@ -6,7 +6,8 @@ gets K negatives outside the user's train positives:
 - with groups: one easy negative (another group than the positive item) and one hard negative (the
   positive's group, or, with `hard_from_dislikes`, one of the user's own -1 items when there are any);
 - without groups: one uniform negative.
-Sampling is rejection sampling over whole arrays (a few rounds), then a uniform fallback. Batches of
+Sampling is rejection sampling over whole arrays (a few rounds), then a uniform fallback, counted
+per batch (`batch_fallbacks`; training logs its rate per epoch). Batches of
 epoch e depend only on (seed, e), so a run resumed at any step sees the same batches.
 """
 
@@ -68,7 +69,9 @@ class BatchSampler:
     self._dislike_items = dislikes.items[order].astype(np.int32)
     self._dislike_start = np.concatenate(
         [[0], np.cumsum(np.bincount(dislikes.users, minlength=num_users))])
-    self.fallbacks = 0  # Negatives drawn by the uniform fallback (for the logs).
+    # Of the batch last drawn, by kind of negative ("easy", "hard"; "uniform" without groups):
+    # how many rows got one outside the intended group (uniform fallback), for the logs.
+    self.batch_fallbacks: dict[str, int] = {}
 
   @property
   def num_negatives(self) -> int:
@@ -84,9 +87,15 @@ class BatchSampler:
     found = np.minimum(found, self._positive_keys.shape[0] - 1)
     return self._positive_keys[found] == keys
 
-  def _draw(self, rng: np.random.Generator, users: np.ndarray, propose, accept) -> np.ndarray:
-    """Rejection sampling: proposals until accepted, then a uniform non-positive fallback."""
+  def _draw(self, rng: np.random.Generator, users: np.ndarray, propose,
+            accept) -> tuple[np.ndarray, np.ndarray]:
+    """Rejection sampling: proposals until accepted, then a uniform non-positive fallback.
+
+    Returns the items and a mask of the rows whose item is a fallback that `accept` rejects
+    (outside the intended group), or, for users who liked every item, not a negative at all.
+    """
     out = np.zeros(users.shape[0], np.int32)
+    outside = np.zeros(users.shape[0], bool)
     todo = np.arange(users.shape[0])
     for round_ in range(_ROUNDS + 4):
       if todo.size == 0:
@@ -98,32 +107,38 @@ class BatchSampler:
       if not fallback:
         ok &= accept(todo, cand)
       else:
-        self.fallbacks += int(ok.sum())
+        outside[todo[ok]] = ~accept(todo[ok], cand[ok])
       out[todo[ok]] = cand[ok]
       todo = todo[~ok]
     out[todo] = rng.integers(0, self.num_items, todo.size)  # Users who liked every item.
-    return out
+    outside[todo] = True
+    return out, outside
 
   def _negatives(self, rng: np.random.Generator, users: np.ndarray,
                  pos_items: np.ndarray) -> np.ndarray:
     uniform = lambda rng, todo: rng.integers(0, self.num_items, todo.size).astype(np.int32)
     if not self.use_groups:
-      return self._draw(rng, users, uniform, lambda t, c: np.ones(t.size, bool))[:, None]
+      negatives, outside = self._draw(rng, users, uniform, lambda t, c: np.ones(t.size, bool))
+      self.batch_fallbacks = {"uniform": int(outside.sum())}
+      return negatives[:, None]
     groups = self.item_groups[pos_items]
-    easy = self._draw(rng, users, uniform,
-                      lambda todo, cand: self.item_groups[cand] != groups[todo])
+    easy, easy_outside = self._draw(rng, users, uniform,
+                                    lambda todo, cand: self.item_groups[cand] != groups[todo])
 
     def same_group(rng, todo):
       start, stop = self._group_start[groups[todo]], self._group_start[groups[todo] + 1]
       return self._group_members[start + (rng.random(todo.size) * (stop - start)).astype(np.int64)]
 
-    hard = self._draw(rng, users, same_group, lambda t, c: np.ones(t.size, bool))
+    hard, hard_outside = self._draw(rng, users, same_group,
+                                    lambda todo, cand: self.item_groups[cand] == groups[todo])
     if self.hard_from_dislikes:
       start, stop = self._dislike_start[users], self._dislike_start[users + 1]
       has = stop > start
       pick = start + (rng.random(users.shape[0]) * (stop - start)).astype(np.int64)
       hard = np.where(has, self._dislike_items[np.minimum(pick, len(self._dislike_items) - 1)]
                       if len(self._dislike_items) else hard, hard)
+      hard_outside &= ~has
+    self.batch_fallbacks = {"easy": int(easy_outside.sum()), "hard": int(hard_outside.sum())}
     return np.stack([easy, hard], axis=1)
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:

@@ -312,6 +312,9 @@ def _fit(setup: Setup, workdir: str) -> dict:
       replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays, counts)
       for name, value in terms.items():
         sums[name] = sums.get(name, 0.0) + value[0]
+      for kind, count in sampler.batch_fallbacks.items():  # Per epoch: the rate per row.
+        name = f"{kind}_negative_fallback_rate"
+        sums[name] = sums.get(name, 0.0) + count / config.batch_size
       bar.update(1)
       if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
           and step + 1 < sampler.num_batches:

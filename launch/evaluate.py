@@ -11,19 +11,16 @@ are reported without and with reranking, alpha chosen on validation.
 """
 
 import json
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lagcl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-from lagcl_jax import flags as config_flags  # pylint: disable=g-import-not-at-top
-from lagcl_jax import inference  # pylint: disable=g-import-not-at-top
-from lagcl_jax import reporting  # pylint: disable=g-import-not-at-top
-from lagcl_jax import train  # pylint: disable=g-import-not-at-top
-from lagcl_jax.llm import flags as llm_flags  # pylint: disable=g-import-not-at-top
+from lagcl_jax import config as config_lib
+from lagcl_jax import flags as config_flags
+from lagcl_jax import inference
+from lagcl_jax import reporting
+from lagcl_jax import train
+from lagcl_jax.llm import flags as llm_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a training run.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Write the metrics JSON here as well.")
@@ -33,6 +30,7 @@ _RERANK = flags.DEFINE_boolean("rerank", False, "Also rerank the top-N with the 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  reporting.quiet_library_logs()
   # Config flags given explicitly (e.g. data paths on another machine) override the run's.
   run = inference.load_run(_WORKDIR.value, **config_flags.overrides_from_flags(config_lib.Config))
   metrics = train.evaluate_params(run.setup, run.params)

@@ -10,18 +10,15 @@ Every LLM result is cached in --cache_dir: rerunning a stage makes no LLM call f
 done, and an interrupted stage resumes. The data flags are those of launch/train.py.
 """
 
-import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lagcl_jax import flags as config_flags  # pylint: disable=g-import-not-at-top
-from lagcl_jax import reporting  # pylint: disable=g-import-not-at-top
-from lagcl_jax.llm import flags as llm_flags  # pylint: disable=g-import-not-at-top
-from lagcl_jax.llm import stages  # pylint: disable=g-import-not-at-top
+from lagcl_jax import flags as config_flags
+from lagcl_jax import reporting
+from lagcl_jax.llm import flags as llm_flags
+from lagcl_jax.llm import stages
 
 _STAGES = {"profiles": stages.run_profiles, "augment": stages.run_augment,
            "groups": stages.run_groups, "rerank": stages.run_rerank,

@@ -10,7 +10,6 @@ run it on each with --coordinator_address=HOST:PORT (process 0's), --num_process
 --process_id (see jax.distributed.initialize).
 """
 
-import os
 import sys
 
 from absl import app
@@ -18,12 +17,11 @@ from absl import flags
 from absl import logging
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lagcl_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-from lagcl_jax import flags as config_flags  # pylint: disable=g-import-not-at-top
-from lagcl_jax import reporting  # pylint: disable=g-import-not-at-top
-from lagcl_jax import train  # pylint: disable=g-import-not-at-top
-from lagcl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from lagcl_jax import config as config_lib
+from lagcl_jax import flags as config_flags
+from lagcl_jax import reporting
+from lagcl_jax import train
+from lagcl_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (checkpoints, metrics).",
                                required=True)

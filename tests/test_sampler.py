@@ -112,7 +112,7 @@ def test_easy_other_group_hard_same_group(train):
       groups = ITEM_GROUPS[batch.pos_items]
       assert np.all(ITEM_GROUPS[batch.neg_items[:, 0]] != groups)
       assert np.all(ITEM_GROUPS[batch.neg_items[:, 1]] == groups)
-  assert sampler.fallbacks == 0
+      assert sampler.batch_fallbacks == {"easy": 0, "hard": 0}
   # Negatives are spread over many items, not a fixed few.
   assert np.unique(np.concatenate([b.neg_items.ravel() for b in sampler.epoch(0)])).size > 40
 
@@ -127,7 +127,11 @@ def test_hard_negative_falls_back_outside_positives_when_group_is_all_liked():
     for user, pos, (easy, hard) in zip(batch.users, batch.pos_items, batch.neg_items):
       if user == 0:
         assert easy not in group_one and hard not in group_one
-  assert sampler.fallbacks > 0
+    # Exactly the rows whose hard negative left the positive's group are counted.
+    outside = ITEM_GROUPS[batch.neg_items[:, 1]] != ITEM_GROUPS[batch.pos_items]
+    assert sampler.batch_fallbacks == {"easy": 0, "hard": int(outside.sum())}
+    assert not outside[batch.users == 1].any()
+    assert outside[(batch.users == 0) & (batch.row_weights > 0)].all()
 
 
 def test_hard_negatives_from_dislikes(train):
