@@ -9,8 +9,10 @@ multi-device check (a subprocess: XLA_FLAGS must be set before jax starts).
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -212,6 +214,50 @@ def test_resume_after_kill_between_best_and_latest_saves(uninterrupted, tmp_path
   assert restore(config, tmp_path, "best")[1]["global_step"] == steps
   assert train.train_and_evaluate(config, str(tmp_path)) == reference_final
   assert_trees_equal(restore(config, tmp_path)[0], restore(config, reference_dir)[0])
+
+
+def test_kill_9_loop_ends_bit_identical_to_an_uninterrupted_run(uninterrupted, tmp_path):
+  """launch/train.py killed with SIGKILL 6 times (every other kill in the middle of an Orbax
+  save, checkpoints after every step), rerun each time: the end is the uninterrupted run's."""
+  reference_config, reference_dir, reference_final = uninterrupted
+  config = reference_config.replace(checkpoint_every_steps=1)
+  workdir = tmp_path / "run"
+  latest = workdir / "checkpoints" / "latest"
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  command = [sys.executable, "launch/train.py", *synthetic.flag_args(config),
+             f"--workdir={workdir}"]
+
+  def steps():
+    return {p.name for p in latest.iterdir()} if latest.is_dir() else set()
+
+  kills, mid_save = 0, 0
+  while kills < 6:
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    start = steps()
+    while process.poll() is None:  # Kill once this process has saved a new step...
+      now = steps()
+      saved = {s for s in now - start if s.isdigit()}
+      saving = any(not s.isdigit() for s in now)  # Orbax's temporary folder of a save.
+      if saved and (kills % 2 == 0 or saving):  # ...every other time in the middle of a save.
+        process.kill()
+        kills += 1
+        mid_save += saving
+        break
+      time.sleep(0.002)
+    process.wait(timeout=300)
+    assert process.returncode in (0, -signal.SIGKILL), process.returncode
+    if process.returncode == 0:
+      break
+  assert kills == 6 and mid_save >= 3, (kills, mid_save)
+  subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+  assert_trees_equal(restore(config, workdir)[0], restore(reference_config, reference_dir)[0])
+  assert_trees_equal(restore(config, workdir, "best")[0],
+                     restore(reference_config, reference_dir, "best")[0])
+  assert json.loads((workdir / "final_metrics.json").read_text()) == reference_final
+  assert [r["epoch"] for r in history(workdir)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("select_metric", ["valid/ndcg@50", "test/ndcg@20", "valid/ndcg20"])
