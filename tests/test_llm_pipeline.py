@@ -125,7 +125,8 @@ def test_launch_script_prints_the_summary_line(setup, tmp_path):
              "--llm_max_new_tokens=4", "--max_users=3", f"--llm_dir={tmp_path}"]
   lines = []
   for _ in range(2):
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))  # Also without pip install -e.
     lines.append([l for l in result.stdout.splitlines() if l.startswith("prompts:")])
   assert lines == [["prompts: 3, cache hits: 0, LLM calls: 3, parse failures: 0"],
                    ["prompts: 3, cache hits: 3, LLM calls: 0, parse failures: 0"]]
