@@ -420,8 +420,10 @@ def _completed_run(config: config_lib.Config, workdir: str) -> Optional[dict[str
     progress = checkpoints.progress("latest")
   finally:
     checkpoints.close()
-  if progress is None:
-    return None
+  with open(final_path) as f:
+    final = json.load(f)
+  if progress is None or final.get("best_epoch") != progress["best_epoch"]:
+    return None  # E.g. killed while continuing with a raised --num_epochs: evaluate again.
   if progress["stopped_early"]:
     state = (f"stopped early after epoch {progress['epoch']} (no {config.select_metric} gain for "
              f"{progress['epochs_since_best']} epochs)")
@@ -432,8 +434,7 @@ def _completed_run(config: config_lib.Config, workdir: str) -> Optional[dict[str
   logging.info("The run in %s is complete: it %s; best epoch %d. Nothing to do: the final metrics "
                "are in %s (use another --workdir, or --overwrite, to train again).", workdir,
                state, progress["best_epoch"], final_path)
-  with open(final_path) as f:
-    return json.load(f)
+  return final
 
 
 def _train_and_evaluate(config: config_lib.Config, workdir: str,
