@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import glob
 import json
 import os
 import time
@@ -134,6 +135,8 @@ def claim(workdir: str, config: config_lib.Config, overwrite: bool = False) -> I
               f"{workdir} holds a run of another config:\n" + "\n".join(differences) +
               "\nUse another --workdir for the new run, or --overwrite to start afresh here (the "
               "old run is moved to a .old-<timestamp> folder next to it).")
+      for temp in glob.glob(os.path.join(workdir, ".*.tmp")):  # Left by a killed atomic write.
+        os.remove(temp)
     yield
   finally:
     os.close(fd)  # Releases the lock.
