@@ -27,8 +27,8 @@ silently mixed into the tables.
 The summary (`results.json`, `results.md`, `results.png` in the experiment folder) is computed
 from the finished runs' files only, so rewriting it is deterministic:
 - per row, mean +- sample std (ddof 1) over finished seeds of every `valid/*` and `test/*` metric
-  of final_metrics.json, the best epoch, the epochs run and the seconds per training epoch (mean
-  of metrics.jsonl's `train/seconds`), and every seed's own values;
+  of final_metrics.json, the best epoch, the epochs run and the seconds per training epoch (median
+  of metrics.jsonl's `train/seconds`: the first epoch's includes compilation), and every seed's own values;
 - against the baseline row, per metric of `per_user_test.npz` (arrays `user_ids` and one per
   metric, e.g. `ndcg@20`): each user's value is averaged over the row's seeds, users are paired by
   id, and the differences (row - baseline) get a Wilcoxon signed-rank test (scipy; zero
@@ -228,7 +228,7 @@ def _read_json(path: str) -> Any:
 
 def run_record(run: Run) -> dict[str, float]:
   """A finished run's numbers: its valid/* and test/* metrics, best_epoch, epochs and
-  seconds_per_epoch (mean of metrics.jsonl's train/seconds)."""
+  seconds_per_epoch (median of metrics.jsonl's train/seconds)."""
   final = _read_json(os.path.join(run.workdir, FINAL_FILE))
   record = {k: float(v) for k, v in final.items()
             if (k.startswith(("valid/", "test/")) or k == "best_epoch")
@@ -239,8 +239,8 @@ def run_record(run: Run) -> dict[str, float]:
       history = [json.loads(line) for line in f if line.strip()]
     seconds = [r["train/seconds"] for r in history if "train/seconds" in r]
     record["epochs"] = float(len(history))
-    if seconds:
-      record["seconds_per_epoch"] = float(np.mean(seconds))
+    if seconds:  # The median: the first epoch's time includes compilation.
+      record["seconds_per_epoch"] = float(np.median(seconds))
   return record
 
 
@@ -388,6 +388,13 @@ def _mean_std(stat: Optional[dict], digits: int = 4) -> str:
   return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _digits(key: str) -> int:
+  """Decimals of a number in the tables: counts 1, seconds 2, metrics 4."""
+  if key in ("best_epoch", "epochs") or key.endswith("num_users"):
+    return 1
+  return 2 if "seconds" in key else 4
+
+
 def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
   return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
           + ["| " + " | ".join(line) + " |" for line in lines])
@@ -405,10 +412,9 @@ def render_markdown(name: str, results: dict[str, Any], main_metrics: Sequence[s
   lines = []
   for row in rows:
     m = summary[row]["metrics"]
-    lines.append([row, str(summary[row]["seeds_finished"]),
-                  _mean_std(m.get("best_epoch"), 1), _mean_std(m.get("epochs"), 1),
-                  _mean_std(m.get("seconds_per_epoch"), 2)]
-                 + [_mean_std(m.get(k)) for k in main_metrics])
+    lines.append([row, str(summary[row]["seeds_finished"])]
+                 + [_mean_std(m.get(k), _digits(k))
+                    for k in ("best_epoch", "epochs", "seconds_per_epoch", *main_metrics)])
   out += _table(["row", "seeds"] + info + list(main_metrics), lines) + [""]
 
   baseline = results["baseline"]
@@ -442,7 +448,8 @@ def render_markdown(name: str, results: dict[str, Any], main_metrics: Sequence[s
   keys = sorted({k for row in rows for k in summary[row]["metrics"]})
   out += ["## Every metric", ""]
   out += _table(["metric"] + list(rows),
-                [[k] + [_mean_std(summary[row]["metrics"].get(k)) for row in rows] for k in keys])
+                [[k] + [_mean_std(summary[row]["metrics"].get(k), _digits(k)) for row in rows]
+                 for k in keys])
   out.append("")
 
   if "published" in results:
