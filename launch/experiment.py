@@ -22,7 +22,7 @@ from tools import experiments  # pylint: disable=g-import-not-at-top
 _ROWS = flags.DEFINE_multi_string(
     "row", [], "NAME: ARGS, one per row: model flagfiles and launch/train.py flags.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of every row (--seed of launch/train.py).")
-_BASELINE = flags.DEFINE_string("baseline", None, "Row the others are tested against.")
+_BASELINES = flags.DEFINE_list("baselines", [], "Rows the others are tested against.")
 _NAME = flags.DEFINE_string("name", None, "Experiment name; default: the config file's name.")
 _EXPERIMENT_DIR = flags.DEFINE_string("experiment_dir", None,
                                       "Experiment folder; default runs/experiments/NAME.")
@@ -37,7 +37,7 @@ _METRICS = flags.DEFINE_list("metrics", ["valid/ndcg@20", "test/recall@20", "tes
                              "Metrics of the main table of results.md.")
 _SIGNIFICANCE_METRICS = flags.DEFINE_list(
     "significance_metrics", ["ndcg@20", "recall@20"],
-    "Per-user test metrics (arrays of per_user_test.npz) tested against the baseline.")
+    "Per-user test metrics (arrays of per_user_test.npz) tested against the baselines.")
 _PLOT_METRIC = flags.DEFINE_string("plot_metric", "test/ndcg@20", "Metric of results.png.")
 _PUBLISHED = flags.DEFINE_string(
     "published", None, "JSON of published numbers to show beside ours (see "
@@ -80,7 +80,7 @@ def main(argv):
     mine = experiments.shard(runs, _SHARD_INDEX.value, _NUM_SHARDS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  problems = experiments.check_rows(rows, _BASELINE.value) + experiments.changed_runs(mine)
+  problems = experiments.check_rows(rows, _BASELINES.value) + experiments.changed_runs(mine)
 
   if _DRY_RUN.value:
     print(f"Experiment {name} in {experiment_dir}: {len(mine)} of {len(runs)} runs "
@@ -96,7 +96,7 @@ def main(argv):
 
   failed = [] if _REPORT_ONLY.value else experiments.run_all(mine)
   heatmap = (*_HEATMAP.value, _HEATMAP_METRIC.value) if _HEATMAP.value else None
-  experiments.write_report(name, experiment_dir, rows, runs, _BASELINE.value, _METRICS.value,
+  experiments.write_report(name, experiment_dir, rows, runs, _BASELINES.value, _METRICS.value,
                            _SIGNIFICANCE_METRICS.value, _PLOT_METRIC.value, _PUBLISHED.value,
                            heatmap)
   print(f"Tables: {os.path.join(experiment_dir, 'results.md')}"

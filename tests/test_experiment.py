@@ -57,7 +57,8 @@ np.savez(os.path.join(workdir, "per_user_test.npz"), user_ids=users[order],
          **{k: v[order] for k, v in per_user.items()})
 with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
   for epoch in range(1, 5):
-    f.write(json.dumps({"epoch": epoch, "train/seconds": seed + epoch + 10.0 * (epoch == 1)}) + "\n")
+    seconds = seed + epoch + 10.0 * (epoch == 1)  # Epoch 1 compiles.
+    f.write(json.dumps({"epoch": epoch, "train/seconds": seconds}) + "\n")
 final = {"best_epoch": 2 + seed, "model_dir": ".", "test/num_users": 60,
          "valid/ndcg@20": 0.1 + quality + 0.01 * seed,
          "test/ndcg@20": float(per_user["ndcg@20"].mean()),
@@ -110,13 +111,13 @@ def test_check_rows_reports_duplicates_baseline_and_missing_flagfiles(tmp_path):
   existing.write_text("--num_epochs=1\n")
   rows = [experiments.parse_row(f"a: {existing}"), experiments.parse_row(f"a: {existing}"),
           experiments.parse_row(f"b: {tmp_path / 'missing.cfg'} --eps=0")]
-  problems = experiments.check_rows(rows, baseline="c")
+  problems = experiments.check_rows(rows, ["a", "c"])
   assert len(problems) == 3
   assert "'a' used twice" in problems[0]
-  assert "--baseline='c'" in problems[1]
+  assert "--baselines: 'c' is not a row name" in problems[1]
   assert "missing.cfg not found" in problems[2]
-  assert experiments.check_rows(rows[:1], baseline="a") == []
-  assert experiments.check_rows([], None) == ["no --row given"]
+  assert experiments.check_rows(rows[:1], ["a"]) == []
+  assert experiments.check_rows([]) == ["no --row given"]
 
 
 def test_plan_and_shard_cover_every_run_once_in_a_fixed_order(tmp_path):
@@ -185,7 +186,7 @@ def finished_experiment(tmp_path, fake_train, seeds=(0, 1, 2)):
 
 def test_collect_means_stds_and_per_seed_values(tmp_path, fake_train):
   rows, runs = finished_experiment(tmp_path, fake_train)
-  results = experiments.collect(rows, runs, "base", ["ndcg@20"])
+  results = experiments.collect(rows, runs, ["base"], ["ndcg@20"])
   better = results["summary"]["better"]
   assert better["seeds_finished"] == 3
   finals = [json.loads(open(os.path.join(r.workdir, "final_metrics.json")).read())
@@ -205,15 +206,17 @@ def test_collect_means_stds_and_per_seed_values(tmp_path, fake_train):
 
 def test_single_seed_has_no_std(tmp_path, fake_train):
   rows, runs = finished_experiment(tmp_path, fake_train, seeds=(0,))
-  results = experiments.collect(rows, runs, None, [])
+  results = experiments.collect(rows, runs, [], [])
   assert results["summary"]["base"]["metrics"]["test/ndcg@20"]["std"] is None
   assert results["significance"] == {}
 
 
 def test_significance_pairs_users_by_id_over_seed_means(tmp_path, fake_train):
   rows, runs = finished_experiment(tmp_path, fake_train)
-  results = experiments.collect(rows, runs, "base", ["ndcg@20", "recall@20"])
-  assert set(results["significance"]) == {"better", "same"}
+  results = experiments.collect(rows, runs, ["base", "same"], ["ndcg@20", "recall@20"])
+  assert set(results["significance"]["base"]) == {"better", "same"}
+  assert set(results["significance"]["same"]) == {"base", "better"}
+  tests = results["significance"]["base"]
 
   def user_means(row):
     per_seed = []
@@ -226,14 +229,14 @@ def test_significance_pairs_users_by_id_over_seed_means(tmp_path, fake_train):
   better, base = user_means("better"), user_means("base")
   users = sorted(base)
   differences = np.array([better[u] - base[u] for u in users])
-  test = results["significance"]["better"]["ndcg@20"]
+  test = tests["better"]["ndcg@20"]
   assert test["num_users"] == 60
   assert test["mean_difference"] == pytest.approx(differences.mean())
   assert test["ttest_p"] == pytest.approx(
       stats.ttest_1samp(differences, 0.0).pvalue)
   assert test["wilcoxon_p"] < 0.05  # quality +0.05 on 60 users: a clear gain.
-  assert results["significance"]["same"]["ndcg@20"]["mean_difference"] == 0.0
-  assert results["significance"]["same"]["ndcg@20"]["wilcoxon_p"] is None  # All ties.
+  assert tests["same"]["ndcg@20"]["mean_difference"] == 0.0
+  assert tests["same"]["ndcg@20"]["wilcoxon_p"] is None  # All ties.
 
 
 def wilcoxon_normal_reference(differences):
@@ -290,7 +293,7 @@ def test_report_is_deterministic_and_complete(tmp_path, fake_train):
                                    "rows": {"base": {"test/ndcg@20": 0.3}}}))
   experiment_dir = str(tmp_path / "exp")
   write = lambda: experiments.write_report(
-      "demo", experiment_dir, rows, runs, "base", ["valid/ndcg@20", "test/ndcg@20"],
+      "demo", experiment_dir, rows, runs, ["base"], ["valid/ndcg@20", "test/ndcg@20"],
       ["ndcg@20"], "test/ndcg@20", str(published))
   results = write()
   files = {name: open(os.path.join(experiment_dir, name), "rb").read()
@@ -316,7 +319,7 @@ def test_report_lists_unfinished_runs_and_heatmap_grid(tmp_path, fake_train):
   rows.append(experiments.parse_row("other: --quality=0.5 --tau_hard_scale=0.1 --hard_weight=1"))
   runs = experiments.plan_runs(rows, [0], str(tmp_path / "exp"))
   experiments.run_all(runs[:2] + runs[3:], fake_train, log=lambda _: None)
-  results = experiments.write_report("grid", str(tmp_path / "exp"), rows, runs, None,
+  results = experiments.write_report("grid", str(tmp_path / "exp"), rows, runs, [],
                                      ["valid/ndcg@20"], [], "valid/ndcg@20",
                                      heatmap=("tau_hard_scale", "hard_weight", "valid/ndcg@20"))
   assert results["unfinished_runs"] == ["t0.1_w2/seed_0"]
@@ -348,7 +351,7 @@ def test_launch_experiment_end_to_end(tmp_path):
                    + "\n")
   config = tmp_path / "demo.cfg"
   config.write_text(f"# two rows x two seeds\n--row=lightgcn: {model} --eps=0 --cl_weight=0\n"
-                    f"--row=xsimgcl: {model}\n--seeds=0,1\n--baseline=lightgcn\n")
+                    f"--row=xsimgcl: {model}\n--seeds=0,1\n--baselines=lightgcn\n")
   experiment_dir = tmp_path / "runs" / "experiments" / "demo"
   cache = tmp_path / "cache"
 
@@ -375,7 +378,7 @@ def test_launch_experiment_end_to_end(tmp_path):
     assert 0 < summary["metrics"]["test/ndcg@20"]["mean"] <= 1
     assert summary["metrics"]["epochs"]["mean"] == 2
   per_user = (experiment_dir / "xsimgcl" / "seed_0" / experiments.PER_USER_FILE).is_file()
-  assert bool(results["significance"]) == per_user
+  assert bool(results["significance"]["lightgcn"]) == per_user
   assert (experiment_dir / "results.png").is_file()
 
   result = run_driver([f"--flagfile={config}"], tmp_path, cache)  # Everything finished.

@@ -7,7 +7,7 @@ An experiment config is a flagfile of launch/experiment.py (see configs/experime
   --row=xsimgcl: configs/ml100k_xsimgcl.cfg
   --row=lagcl_random: configs/ml100k_lagcl.cfg --groups=random
   --seeds=0,1,2
-  --baseline=xsimgcl
+  --baselines=xsimgcl,lagcl_random
   --run_flags=--patience=20
 
 `--row=NAME: ARGS` (one line per row, in the order of the tables): NAME names the row and its
@@ -27,9 +27,10 @@ silently mixed into the tables.
 The summary (`results.json`, `results.md`, `results.png` in the experiment folder) is computed
 from the finished runs' files only, so rewriting it is deterministic:
 - per row, mean +- sample std (ddof 1) over finished seeds of every `valid/*` and `test/*` metric
-  of final_metrics.json, the best epoch, the epochs run and the seconds per training epoch (median
-  of metrics.jsonl's `train/seconds`: the first epoch's includes compilation), and every seed's own values;
-- against the baseline row, per metric of `per_user_test.npz` (arrays `user_ids` and one per
+  of final_metrics.json, the best epoch, the epochs run and the seconds per training epoch
+  (median of metrics.jsonl's `train/seconds`: the first epoch's includes compilation), and every
+  seed's own values;
+- against each baseline row, per metric of `per_user_test.npz` (arrays `user_ids` and one per
   metric, e.g. `ndcg@20`): each user's value is averaged over the row's seeds, users are paired by
   id, and the differences (row - baseline) get a Wilcoxon signed-rank test (scipy; zero
   differences dropped, exact for small samples without ties, else the normal approximation with
@@ -105,15 +106,15 @@ def parse_row(spec: str) -> Row:
   return Row(name, args)
 
 
-def check_rows(rows: Sequence[Row], baseline: Optional[str]) -> list[str]:
-  """Problems of the rows (duplicate names, unknown baseline, missing flagfiles); [] if none."""
+def check_rows(rows: Sequence[Row], baselines: Sequence[str] = ()) -> list[str]:
+  """Problems of the rows (duplicate names, unknown baselines, missing flagfiles); [] if none."""
   problems = []
   names = [row.name for row in rows]
   if not rows:
     problems.append("no --row given")
   problems += [f"--row: name {n!r} used twice" for n in sorted(set(names)) if names.count(n) > 1]
-  if baseline and baseline not in names:
-    problems.append(f"--baseline={baseline!r}: not a row name (rows: {', '.join(names)})")
+  problems += [f"--baselines: {b!r} is not a row name (rows: {', '.join(names)})"
+               for b in baselines if b not in names]
   for row in rows:
     for arg in row.args:
       if arg.startswith("--flagfile=") and not os.path.isfile(arg.split("=", 1)[1]):
@@ -306,7 +307,8 @@ def paired_test(row: dict[str, float], baseline: dict[str, float]) -> dict[str, 
 
 def significance(rows: Sequence[str], baseline: str, tables: dict[str, list[dict]],
                  metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
-  """{row: {metric: paired_test}} of every row but the baseline, from per-user tables."""
+  """{row: {metric: paired_test}} of every row but the baseline, from per-user tables (a list
+  of `read_per_user` tables, one per finished seed, per row)."""
   result = {}
   for row in rows:
     if row == baseline or not tables.get(row) or not tables.get(baseline):
@@ -316,7 +318,7 @@ def significance(rows: Sequence[str], baseline: str, tables: dict[str, list[dict
   return result
 
 
-def collect(rows: Sequence[Row], runs: Sequence[Run], baseline: Optional[str],
+def collect(rows: Sequence[Row], runs: Sequence[Run], baselines: Sequence[str],
             significance_metrics: Sequence[str]) -> dict[str, Any]:
   """The experiment's results from the finished runs' files (see the module docstring)."""
   records = {row.name: {} for row in rows}
@@ -336,10 +338,10 @@ def collect(rows: Sequence[Row], runs: Sequence[Run], baseline: Optional[str],
   return {
       "rows": names,
       "seeds": sorted({run.seed for run in runs}),
-      "baseline": baseline,
+      "baselines": list(baselines),
       "summary": {name: summarise_row(records[name]) for name in names},
-      "significance": significance(names, baseline, tables, significance_metrics)
-                      if baseline else {},
+      "significance": {b: significance(names, b, tables, significance_metrics)
+                       for b in baselines},
       "unfinished_runs": missing,
       "runs_without_per_user_file": without_per_user,
       "row_args": {row.name: list(row.args) for row in rows},
@@ -417,23 +419,22 @@ def render_markdown(name: str, results: dict[str, Any], main_metrics: Sequence[s
                     for k in ("best_epoch", "epochs", "seconds_per_epoch", *main_metrics)])
   out += _table(["row", "seeds"] + info + list(main_metrics), lines) + [""]
 
-  baseline = results["baseline"]
-  if baseline:
-    out += [f"## Against the baseline `{baseline}`", "",
+  for baseline in results["baselines"]:
+    out += [f"## Against `{baseline}`", "",
             "Per test user, the metric averaged over the row's seeds; users paired by id; "
-            "difference = row − baseline. Two-sided p-values of the Wilcoxon signed-rank test and "
-            f"the paired t-test; * marks p < {SIGNIFICANCE_LEVEL}.", ""]
+            f"difference = row − {baseline}. Two-sided p-values of the Wilcoxon signed-rank test "
+            f"and the paired t-test; * marks p < {SIGNIFICANCE_LEVEL}.", ""]
     lines = []
     for row in rows:
-      for metric, test in sorted(results["significance"].get(row, {}).items()):
+      for metric, test in sorted(results["significance"][baseline].get(row, {}).items()):
         lines.append([row, metric, str(test["num_users"]), _number(test.get("row_mean")),
                       _number(test.get("baseline_mean")), _number(test.get("mean_difference")),
                       _p_value(test.get("wilcoxon_p")), _p_value(test.get("ttest_p"))])
     if lines:
-      out += _table(["row", "metric", "users", "row mean", "baseline mean", "difference",
+      out += _table(["row", "metric", "users", "row mean", f"{baseline} mean", "difference",
                      "Wilcoxon p", "t-test p"], lines)
     else:
-      out.append(f"No test: the baseline or the other rows have no finished run with "
+      out.append(f"No test: `{baseline}` or the other rows have no finished run with "
                  f"{PER_USER_FILE}.")
     out.append("")
 
@@ -558,12 +559,12 @@ def plot_heatmap(grids: dict[str, dict[str, Any]], x_flag: str, y_flag: str, met
 
 
 def write_report(name: str, experiment_dir: str, rows: Sequence[Row], runs: Sequence[Run],
-                 baseline: Optional[str], main_metrics: Sequence[str],
+                 baselines: Sequence[str], main_metrics: Sequence[str],
                  significance_metrics: Sequence[str], plot_metric: str,
                  published: Optional[str] = None,
                  heatmap: Optional[tuple[str, str, str]] = None) -> dict[str, Any]:
   """Writes results.json, results.md and results.png (and heatmap.png) into experiment_dir."""
-  results = collect(rows, runs, baseline, significance_metrics)
+  results = collect(rows, runs, baselines, significance_metrics)
   if published:
     results["published"] = published_rows(published, results)
   if heatmap:
