@@ -80,7 +80,7 @@ def main(argv):
     mine = experiments.shard(runs, _SHARD_INDEX.value, _NUM_SHARDS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  problems = experiments.check_rows(rows, _BASELINES.value) + experiments.changed_runs(mine)
+  problems = experiments.check_rows(rows, _BASELINES.value, run_flags) + experiments.changed_runs(mine)
 
   if _DRY_RUN.value:
     print(f"Experiment {name} in {experiment_dir}: {len(mine)} of {len(runs)} runs "

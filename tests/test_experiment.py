@@ -109,14 +109,17 @@ def test_parse_row_errors_name_the_flag(spec, message):
 def test_check_rows_reports_duplicates_baseline_and_missing_flagfiles(tmp_path):
   existing = tmp_path / "model.cfg"
   existing.write_text("--num_epochs=1\n")
-  rows = [experiments.parse_row(f"a: {existing}"), experiments.parse_row(f"a: {existing}"),
-          experiments.parse_row(f"b: {tmp_path / 'missing.cfg'} --eps=0")]
-  problems = experiments.check_rows(rows, ["a", "c"])
-  assert len(problems) == 3
+  rows = [experiments.parse_row(f"a: {existing} --noretrain_on_full --num_epochs=3"),
+          experiments.parse_row(f"a: {existing}"),
+          experiments.parse_row(f"b: {tmp_path / 'missing.cfg'} --eps=0 --group_lossses=bpr")]
+  problems = experiments.check_rows(rows, ["a", "c"], ["--num_epoch=2"])
+  assert len(problems) == 5, problems
   assert "'a' used twice" in problems[0]
   assert "--baselines: 'c' is not a row name" in problems[1]
-  assert "missing.cfg not found" in problems[2]
-  assert experiments.check_rows(rows[:1], ["a"]) == []
+  assert "row b: flagfile" in problems[2] and "missing.cfg not found" in problems[2]
+  assert "row b: '--group_lossses=bpr': launch/train.py has no flag --group_lossses" in problems[3]
+  assert "--run_flags: '--num_epoch=2'" in problems[4]
+  assert experiments.check_rows(rows[:1], ["a"], ["--patience=3"]) == []
   assert experiments.check_rows([]) == ["no --row given"]
 
 

@@ -46,11 +46,13 @@ import re
 import shlex
 import subprocess
 import sys
+import typing
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from scipy import stats
 
+from lagcl_jax import config as config_lib
 from lagcl_jax import reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +61,9 @@ RUN_FILE = "experiment_run.json"
 FINAL_FILE = "final_metrics.json"
 PER_USER_FILE = "per_user_test.npz"
 RUNNER_FLAGS = ("seed", "workdir")
+# launch/train.py's flags besides the Config fields (lagcl_jax/flags.py) and absl's logging ones.
+TRAIN_SCRIPT_FLAGS = ("flagfile", "coordinator_address", "num_processes", "process_id",
+                      "verbosity", "v", "logtostderr", "alsologtostderr")
 SIGNIFICANCE_LEVEL = 0.05
 _ROW_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -106,8 +111,17 @@ def parse_row(spec: str) -> Row:
   return Row(name, args)
 
 
-def check_rows(rows: Sequence[Row], baselines: Sequence[str] = ()) -> list[str]:
-  """Problems of the rows (duplicate names, unknown baselines, missing flagfiles); [] if none."""
+def train_flag_names() -> set[str]:
+  """Every flag launch/train.py knows (booleans also as --noNAME)."""
+  types = typing.get_type_hints(config_lib.Config)
+  booleans = {f"no{name}" for name, kind in types.items() if kind is bool}
+  return set(types) | booleans | set(TRAIN_SCRIPT_FLAGS)
+
+
+def check_rows(rows: Sequence[Row], baselines: Sequence[str] = (),
+               run_flags: Sequence[str] = ()) -> list[str]:
+  """Problems of the rows and run flags (duplicate names, unknown baselines, missing flagfiles,
+  flags launch/train.py does not know); [] if none."""
   problems = []
   names = [row.name for row in rows]
   if not rows:
@@ -115,11 +129,15 @@ def check_rows(rows: Sequence[Row], baselines: Sequence[str] = ()) -> list[str]:
   problems += [f"--row: name {n!r} used twice" for n in sorted(set(names)) if names.count(n) > 1]
   problems += [f"--baselines: {b!r} is not a row name (rows: {', '.join(names)})"
                for b in baselines if b not in names]
-  for row in rows:
-    for arg in row.args:
-      if arg.startswith("--flagfile=") and not os.path.isfile(arg.split("=", 1)[1]):
-        problems.append(f"row {row.name}: flagfile {arg.split('=', 1)[1]} not found "
-                        f"(from {os.getcwd()})")
+  known = train_flag_names()
+  for where, args in [(f"row {row.name}", row.args) for row in rows] + [("--run_flags",
+                                                                         run_flags)]:
+    for arg in args:
+      name, _, value = arg[2:].partition("=")
+      if name not in known:
+        problems.append(f"{where}: {arg!r}: launch/train.py has no flag --{name}")
+      elif name == "flagfile" and not os.path.isfile(value):
+        problems.append(f"{where}: flagfile {value} not found (from {os.getcwd()})")
   return problems
 
 
