@@ -15,7 +15,9 @@ folder (letters, digits, `_`, `.`, `-`); ARGS are launch/train.py arguments, spl
 line: a token without a leading `--` is a model flagfile (passed as `--flagfile=PATH`), the others
 are flags. `--run_flags` are appended to every row's arguments (so a command-line
 `--run_flags=--num_epochs=2` shortens every run); later flags win. `--seed` and `--workdir` belong
-to the runner: run (ROW, S) trains with `--seed=S --workdir=EXPERIMENT_DIR/ROW/seed_S`.
+to the runner: run (ROW, S) trains with `--seed=S --workdir=EXPERIMENT_DIR/ROW/seed_S`. Before
+anything trains, the rows' flagfiles must exist and their flag names be launch/train.py's
+(`check_rows`); the values are checked by train.py itself.
 
 Each run is a subprocess (`python launch/train.py ...`, its output in `train.log` of its work
 directory), so a run is exactly what a user gets and a crash ends only that run. A run is finished
