@@ -67,9 +67,14 @@ def main(argv):
     rows = [experiments.parse_row(spec) for spec in _ROWS.value]
     run_flags = [arg for text in _RUN_FLAGS.value
                  for arg in experiments.parse_args(text, f"--run_flags={text!r}")]
-    seeds = [int(seed) for seed in _SEEDS.value]
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  try:
+    seeds = [int(seed) for seed in _SEEDS.value]
+  except ValueError as e:
+    raise app.UsageError(f"--seeds={','.join(_SEEDS.value)}: expected distinct integers") from e
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise app.UsageError(f"--seeds={','.join(_SEEDS.value)}: expected distinct integers")
   if len(_HEATMAP.value) not in (0, 2):
     raise app.UsageError(f"--heatmap={','.join(_HEATMAP.value)}: expected X_FLAG,Y_FLAG")
   name = _NAME.value or (os.path.basename(os.path.normpath(_EXPERIMENT_DIR.value))
