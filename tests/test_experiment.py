@@ -334,6 +334,9 @@ def test_report_lists_unfinished_runs_and_heatmap_grid(tmp_path, fake_train):
   assert panels[""]["mean"][1] == [None, None]
   assert panels["--quality=0.5"]["mean"] == [[pytest.approx(0.61)]]
   assert (tmp_path / "exp" / "heatmap.png").is_file()
+  markdown = (tmp_path / "exp" / "results.md").read_text()
+  assert "| hard_weight \\ tau_hard_scale | 0.1 | 0.5 |\n|---|---|---|\n| 1 | 0.1100 | 0.1500 |\n" \
+      "| 2 | — | — |" in markdown
 
 
 # --- launch/experiment.py with the real launch/train.py. ------------------------------------------

@@ -484,6 +484,17 @@ def render_markdown(name: str, results: dict[str, Any], main_metrics: Sequence[s
         for c in published["comparison"]])
     out.append("")
 
+  if "heatmap" in results:
+    heatmap = results["heatmap"]
+    out += [f"## {heatmap['metric']} over {heatmap['x_flag']} x {heatmap['y_flag']}", "",
+            "Mean over seeds (heatmap.png); one table per setting of the rows' other arguments.",
+            ""]
+    for others, grid in heatmap["panels"].items():
+      out += [f"`{others or '(no other arguments)'}`", ""]
+      out += _table([f"{heatmap['y_flag']} \\ {heatmap['x_flag']}"] + grid["x"],
+                    [[y] + [_number(v) for v in line] for y, line in zip(grid["y"], grid["mean"])])
+      out.append("")
+
   if results["unfinished_runs"]:
     out += ["Not finished (left out): " + ", ".join(results["unfinished_runs"]) + ".", ""]
   if results["runs_without_per_user_file"]:
@@ -510,7 +521,7 @@ def plot_bars(results: dict[str, Any], metric: str, path: str) -> None:
   """A bar per row: mean of `metric` with std error bars, each seed's value as a dot."""
   plt = _pyplot()
   rows = [r for r in results["rows"] if metric in results["summary"][r]["metrics"]]
-  fig, axis = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(rows)), 4))
+  fig, axis = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(rows)), 4))
   for x, row in enumerate(rows):
     stat = results["summary"][row]["metrics"][metric]
     axis.bar(x, stat["mean"], yerr=stat["std"] or 0.0, capsize=4, color="tab:blue", alpha=0.7)
@@ -518,7 +529,7 @@ def plot_bars(results: dict[str, Any], metric: str, path: str) -> None:
     axis.plot([x] * len(seeds), seeds, "k.", markersize=4)
   axis.set_xticks(range(len(rows)), rows, rotation=30, ha="right")
   axis.set_ylabel(metric)
-  axis.set_title(f"{metric}: mean ± std over seeds (dots: seeds)")
+  axis.set_title("mean ± std over seeds; dots: single seeds", fontsize=9)
   fig.tight_layout()
   _save_figure(fig, path)
   plt.close(fig)
@@ -561,12 +572,17 @@ def plot_heatmap(grids: dict[str, dict[str, Any]], x_flag: str, y_flag: str, met
   """One heatmap panel per group of rows (see heatmap_grid), the mean written in each cell."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(grids), figsize=(4.5 * len(grids), 4), squeeze=False)
-  for axis, (others, grid) in zip(axes[0], grids.items()):
-    values = np.array([[np.nan if v is None else v for v in line] for line in grid["mean"]])
-    image = axis.imshow(values, origin="lower", cmap="viridis", aspect="auto")
-    for (i, j), v in np.ndenumerate(values):
+  values = {others: np.array([[np.nan if v is None else v for v in line] for line in grid["mean"]])
+            for others, grid in grids.items()}
+  finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] + [np.zeros(0)])
+  low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+  for axis, (others, grid) in zip(axes[0], grids.items()):  # One colour scale for all panels.
+    image = axis.imshow(values[others], origin="lower", cmap="viridis", aspect="auto", vmin=low,
+                        vmax=high)
+    for (i, j), v in np.ndenumerate(values[others]):
       if np.isfinite(v):
-        axis.text(j, i, f"{v:.4f}", ha="center", va="center", color="w", fontsize=8)
+        axis.text(j, i, f"{v:.4f}", ha="center", va="center", fontsize=8,
+                  color="k" if v > (low + high) / 2 else "w")
     axis.set_xticks(range(len(grid["x"])), grid["x"])
     axis.set_yticks(range(len(grid["y"])), grid["y"])
     axis.set_xlabel(x_flag)
