@@ -12,6 +12,7 @@ is the number of failed runs.
 
 import os
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -47,7 +48,7 @@ _HEATMAP = flags.DEFINE_list(
 _HEATMAP_METRIC = flags.DEFINE_string("heatmap_metric", "valid/ndcg@20", "Metric of heatmap.png.")
 
 
-def config_name(argv: list[str]) -> str:
+def config_name(argv: list[str]) -> Optional[str]:
   """The name of the last --flagfile on the command line, without folder and extension."""
   name = None
   for i, arg in enumerate(argv):
@@ -55,9 +56,7 @@ def config_name(argv: list[str]) -> str:
       name = arg.split("=", 1)[1]
     elif arg == "--flagfile" and i + 1 < len(argv):
       name = argv[i + 1]
-  if name is None:
-    raise app.UsageError("Give --name or --experiment_dir when no --flagfile names the experiment.")
-  return os.path.splitext(os.path.basename(name))[0]
+  return None if name is None else os.path.splitext(os.path.basename(name))[0]
 
 
 def main(argv):
@@ -77,15 +76,18 @@ def main(argv):
     raise app.UsageError(f"--seeds={','.join(_SEEDS.value)}: expected distinct integers")
   if len(_HEATMAP.value) not in (0, 2):
     raise app.UsageError(f"--heatmap={','.join(_HEATMAP.value)}: expected X_FLAG,Y_FLAG")
-  name = _NAME.value or (os.path.basename(os.path.normpath(_EXPERIMENT_DIR.value))
-                         if _EXPERIMENT_DIR.value else config_name(sys.argv))
+  name = _NAME.value or config_name(sys.argv) or (
+      _EXPERIMENT_DIR.value and os.path.basename(os.path.normpath(_EXPERIMENT_DIR.value)))
+  if not name:
+    raise app.UsageError("Give --name or --experiment_dir when no --flagfile names the experiment.")
   experiment_dir = _EXPERIMENT_DIR.value or os.path.join("runs", "experiments", name)
   runs = experiments.plan_runs(rows, seeds, experiment_dir, run_flags)
   try:
     mine = experiments.shard(runs, _SHARD_INDEX.value, _NUM_SHARDS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  problems = experiments.check_rows(rows, _BASELINES.value, run_flags) + experiments.changed_runs(mine)
+  problems = (experiments.check_rows(rows, _BASELINES.value, run_flags)
+              + experiments.changed_runs(mine))
 
   if _DRY_RUN.value:
     print(f"Experiment {name} in {experiment_dir}: {len(mine)} of {len(runs)} runs "
