@@ -95,6 +95,7 @@ def test_parse_row_flagfiles_and_flags():
 @pytest.mark.parametrize("spec, message", [
     ("no_colon configs/x.cfg", "NAME: ARGS"),
     ("bad name: configs/x.cfg", "NAME: ARGS"),
+    ("..: configs/x.cfg", "NAME: ARGS"),
     ("empty:", "no model flagfile"),
     ("seeded: configs/x.cfg --seed=3", "the runner sets --seed"),
     ("moved: configs/x.cfg --workdir=/tmp/x", "the runner sets --seed"),

@@ -67,7 +67,7 @@ RUNNER_FLAGS = ("seed", "workdir")
 TRAIN_SCRIPT_FLAGS = ("flagfile", "coordinator_address", "num_processes", "process_id",
                       "verbosity", "v", "logtostderr", "alsologtostderr")
 SIGNIFICANCE_LEVEL = 0.05
-_ROW_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ROW_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # Not "." or "..": it names a folder.
 
 
 @dataclasses.dataclass(frozen=True)
