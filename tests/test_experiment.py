@@ -109,7 +109,7 @@ def test_parse_row_errors_name_the_flag(spec, message):
 
 def test_check_rows_reports_duplicates_baseline_and_missing_flagfiles(tmp_path):
   existing = tmp_path / "model.cfg"
-  existing.write_text("--num_epochs=1\n")
+  existing.write_text("# a model\n--num_epochs=1\n\n--noretrain_on_full\n")
   rows = [experiments.parse_row(f"a: {existing} --noretrain_on_full --num_epochs=3"),
           experiments.parse_row(f"a: {existing}"),
           experiments.parse_row(f"b: {tmp_path / 'missing.cfg'} --eps=0 --group_lossses=bpr")]
@@ -121,6 +121,16 @@ def test_check_rows_reports_duplicates_baseline_and_missing_flagfiles(tmp_path):
   assert "row b: '--group_lossses=bpr': launch/train.py has no flag --group_lossses" in problems[3]
   assert "--run_flags: '--num_epoch=2'" in problems[4]
   assert experiments.check_rows(rows[:1], ["a"], ["--patience=3"]) == []
+  # Flags inside flagfiles (nested too) are checked, naming the file and line.
+  inner = tmp_path / "inner.cfg"
+  inner.write_text("--eps=0.1\n--valid_fyle=x.txt\n")
+  outer = tmp_path / "outer.cfg"
+  outer.write_text(f"--flagfile={inner}\n--flagfile={outer}\nstray\n")
+  problems = experiments.check_rows([experiments.parse_row(f"c: {outer}")])
+  assert problems == [
+      f"row c: {outer}:1: {inner}:2: '--valid_fyle=x.txt': launch/train.py has no flag "
+      "--valid_fyle",
+      f"row c: {outer}:3: 'stray': expected a --flag"]
   assert experiments.check_rows([]) == ["no --row given"]
 
 

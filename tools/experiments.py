@@ -16,8 +16,8 @@ line: a token without a leading `--` is a model flagfile (passed as `--flagfile=
 are flags. `--run_flags` are appended to every row's arguments (so a command-line
 `--run_flags=--num_epochs=2` shortens every run); later flags win. `--seed` and `--workdir` belong
 to the runner: run (ROW, S) trains with `--seed=S --workdir=EXPERIMENT_DIR/ROW/seed_S`. Before
-anything trains, the rows' flagfiles must exist and their flag names be launch/train.py's
-(`check_rows`); the values are checked by train.py itself.
+anything trains, the rows' flagfiles must exist and every flag name in the rows and in their
+flagfiles be launch/train.py's (`check_rows`); the values are checked by train.py itself.
 
 Each run is a subprocess (`python launch/train.py ...`, its output in `train.log` of its work
 directory), so a run is exactly what a user gets and a crash ends only that run. A run is finished
@@ -132,14 +132,25 @@ def check_rows(rows: Sequence[Row], baselines: Sequence[str] = (),
   problems += [f"--baselines: {b!r} is not a row name (rows: {', '.join(names)})"
                for b in baselines if b not in names]
   known = train_flag_names()
-  for where, args in [(f"row {row.name}", row.args) for row in rows] + [("--run_flags",
-                                                                         run_flags)]:
+
+  def check_args(where: str, args: Sequence[str], seen: tuple[str, ...]) -> None:
     for arg in args:
       name, _, value = arg[2:].partition("=")
-      if name not in known:
+      if not arg.startswith("--"):
+        problems.append(f"{where}: {arg!r}: expected a --flag")
+      elif name not in known:
         problems.append(f"{where}: {arg!r}: launch/train.py has no flag --{name}")
       elif name == "flagfile" and not os.path.isfile(value):
         problems.append(f"{where}: flagfile {value} not found (from {os.getcwd()})")
+      elif name == "flagfile" and value not in seen:  # Its lines, as absl reads them.
+        with open(value) as f:
+          for number, line in enumerate(f, start=1):
+            if line.strip() and not line.lstrip().startswith(("#", "//")):
+              check_args(f"{where}: {value}:{number}", [line.strip()], seen + (value,))
+
+  for row in rows:
+    check_args(f"row {row.name}", row.args, ())
+  check_args("--run_flags", run_flags, ())
   return problems
 
 
