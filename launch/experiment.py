@@ -88,6 +88,8 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   problems = (experiments.check_rows(rows, _BASELINES.value, run_flags)
               + experiments.changed_runs(mine))
+  if _PUBLISHED.value and not os.path.isfile(_PUBLISHED.value):
+    problems.append(f"--published={_PUBLISHED.value}: file not found")
 
   if _DRY_RUN.value:
     print(f"Experiment {name} in {experiment_dir}: {len(mine)} of {len(runs)} runs "
