@@ -1,0 +1,412 @@
+"""Tests for the experiment runner (tools/experiments.py, launch/experiment.py).
+
+Most tests drive the runner with a fake train script (FAKE_TRAIN: writes a run's files from its
+seed and a --quality flag in a blink); one runs the real launch/train.py end to end on tiny
+synthetic data.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tests import synthetic
+from tools import experiments
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FAKE_TRAIN = r'''
+import json, os, sys
+import numpy as np
+
+def parse(args):
+  values = {}
+  for arg in args:
+    key, _, value = arg[2:].partition("=")
+    if key == "flagfile":
+      with open(value) as f:
+        values.update(parse([l.strip() for l in f if l.strip().startswith("--")]))
+    else:
+      values[key] = value
+  return values
+
+flags = parse(sys.argv[1:])
+workdir, seed = flags["workdir"], int(flags["seed"])
+os.makedirs(workdir, exist_ok=True)
+with open(os.path.join(workdir, "calls.txt"), "a") as f:
+  f.write("call\n")
+if flags.get("fail"):
+  print("fake failure", file=sys.stderr)
+  sys.exit(3)
+if flags.get("crash_first") and not os.path.exists(os.path.join(workdir, "started")):
+  open(os.path.join(workdir, "started"), "w").close()
+  sys.exit(1)
+quality = float(flags.get("quality", 0)) + 0.1 * float(flags.get("tau_hard_scale", 0))
+rng = np.random.default_rng(seed)
+users = np.array([f"u{u}" for u in range(60)])
+base = np.linspace(0.0, 0.6, 60)
+per_user = {"ndcg@20": np.clip(base + quality + 0.05 * rng.standard_normal(60), 0, 1),
+            "recall@20": np.clip(base + quality / 2 + 0.05 * rng.standard_normal(60), 0, 1)}
+order = rng.permutation(60)  # Users in another order in every run: pairing is by id.
+np.savez(os.path.join(workdir, "per_user_test.npz"), user_ids=users[order],
+         **{k: v[order] for k, v in per_user.items()})
+with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+  for epoch in range(1, 5):
+    seconds = seed + epoch + 10.0 * (epoch == 1)  # Epoch 1 compiles.
+    f.write(json.dumps({"epoch": epoch, "train/seconds": seconds}) + "\n")
+final = {"best_epoch": 2 + seed, "model_dir": ".", "test/num_users": 60,
+         "valid/ndcg@20": 0.1 + quality + 0.01 * seed,
+         "test/ndcg@20": float(per_user["ndcg@20"].mean()),
+         "test/recall@20": float(per_user["recall@20"].mean())}
+with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+  json.dump(final, f)
+'''
+
+
+@pytest.fixture
+def fake_train(tmp_path):
+  path = tmp_path / "fake_train.py"
+  path.write_text(FAKE_TRAIN)
+  return (sys.executable, str(path))
+
+
+def calls(run) -> int:
+  with open(os.path.join(run.workdir, "calls.txt")) as f:
+    return len(f.readlines())
+
+
+# --- Rows, planning, sharding. -------------------------------------------------------------------
+
+
+def test_parse_row_flagfiles_and_flags():
+  row = experiments.parse_row("lagcl_random:configs/ml100k_lagcl.cfg --groups=random")
+  assert row == experiments.Row("lagcl_random",
+                                ("--flagfile=configs/ml100k_lagcl.cfg", "--groups=random"))
+  row = experiments.parse_row(" grid-1.5 :  a.cfg b.cfg --tau='0.5' ")
+  assert row == experiments.Row("grid-1.5", ("--flagfile=a.cfg", "--flagfile=b.cfg",
+                                             "--tau=0.5"))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_colon configs/x.cfg", "NAME: ARGS"),
+    ("bad name: configs/x.cfg", "NAME: ARGS"),
+    ("..: configs/x.cfg", "NAME: ARGS"),
+    ("empty:", "no model flagfile"),
+    ("seeded: configs/x.cfg --seed=3", "the runner sets --seed"),
+    ("moved: configs/x.cfg --workdir=/tmp/x", "the runner sets --seed"),
+    ("quote: configs/x.cfg --tau='1", "No closing quotation"),
+])
+def test_parse_row_errors_name_the_flag(spec, message):
+  with pytest.raises(ValueError, match=message) as error:
+    experiments.parse_row(spec)
+  assert "--row=" in str(error.value)
+
+
+def test_check_rows_reports_duplicates_baseline_and_missing_flagfiles(tmp_path):
+  existing = tmp_path / "model.cfg"
+  existing.write_text("# a model\n--num_epochs=1\n\n--noretrain_on_full\n")
+  rows = [experiments.parse_row(f"a: {existing} --noretrain_on_full --num_epochs=3"),
+          experiments.parse_row(f"a: {existing}"),
+          experiments.parse_row(f"b: {tmp_path / 'missing.cfg'} --eps=0 --group_lossses=bpr")]
+  problems = experiments.check_rows(rows, ["a", "c"], ["--num_epoch=2"])
+  assert len(problems) == 5, problems
+  assert "'a' used twice" in problems[0]
+  assert "--baselines: 'c' is not a row name" in problems[1]
+  assert "row b: flagfile" in problems[2] and "missing.cfg not found" in problems[2]
+  assert "row b: '--group_lossses=bpr': launch/train.py has no flag --group_lossses" in problems[3]
+  assert "--run_flags: '--num_epoch=2'" in problems[4]
+  assert experiments.check_rows(rows[:1], ["a"], ["--patience=3"]) == []
+  # Flags inside flagfiles (nested too) are checked, naming the file and line.
+  inner = tmp_path / "inner.cfg"
+  inner.write_text("--eps=0.1\n--valid_fyle=x.txt\n")
+  outer = tmp_path / "outer.cfg"
+  outer.write_text(f"--flagfile={inner}\n--flagfile={outer}\nstray\n")
+  problems = experiments.check_rows([experiments.parse_row(f"c: {outer}")])
+  assert problems == [
+      f"row c: {outer}:1: {inner}:2: '--valid_fyle=x.txt': launch/train.py has no flag "
+      "--valid_fyle",
+      f"row c: {outer}:3: 'stray': expected a --flag"]
+  assert experiments.check_rows([]) == ["no --row given"]
+
+
+def test_plan_and_shard_cover_every_run_once_in_a_fixed_order(tmp_path):
+  rows = [experiments.parse_row(f"r{i}: m.cfg --eps={i}") for i in range(3)]
+  runs = experiments.plan_runs(rows, [0, 1, 2, 3], str(tmp_path), ["--num_epochs=2"])
+  assert [(r.row, r.seed) for r in runs] == [(f"r{i}", s) for i in range(3) for s in range(4)]
+  assert runs[5].workdir == os.path.join(str(tmp_path), "r1", "seed_1")
+  assert runs[5].args == ("--flagfile=m.cfg", "--eps=1", "--num_epochs=2", "--seed=1",
+                          f"--workdir={runs[5].workdir}")
+  for num_shards in (1, 2, 5, 20):
+    shards = [experiments.shard(runs, i, num_shards) for i in range(num_shards)]
+    assert sorted((r.row, r.seed) for s in shards for r in s) == sorted(
+        (r.row, r.seed) for r in runs)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [experiments.shard(runs, i, num_shards) for i in range(num_shards)]
+  with pytest.raises(ValueError, match="shard_index"):
+    experiments.shard(runs, 2, 2)
+
+
+# --- Running: failures go on, finished runs are skipped, interrupted ones resume. ----------------
+
+
+def test_run_all_skips_finished_resumes_interrupted_and_reports_failures(tmp_path, fake_train):
+  rows = [experiments.parse_row("good: --quality=0.1"),
+          experiments.parse_row("flaky: --quality=0.0 --crash_first=1"),
+          experiments.parse_row("broken: --fail=1")]
+  runs = experiments.plan_runs(rows, [0, 1], str(tmp_path / "exp"))
+  messages = []
+  failed = experiments.run_all(runs, fake_train, log=messages.append)
+  # The first attempt of each flaky run crashes; the broken row fails; the others go on.
+  assert [(r.row, r.seed) for r in failed] == [("flaky", 0), ("flaky", 1), ("broken", 0),
+                                               ("broken", 1)]
+  assert any("FAILED (exit status 3)" in m and "fake failure" in m for m in messages)
+  assert [experiments.status(r) for r in runs] == ["finished"] * 2 + ["interrupted"] * 4
+
+  messages = []
+  failed = experiments.run_all(runs, fake_train, log=messages.append)
+  assert [(r.row, r.seed) for r in failed] == [("broken", 0), ("broken", 1)]
+  assert [calls(r) for r in runs] == [1, 1, 2, 2, 2, 2]  # Finished runs never ran again.
+  assert sum("finished before, skipped" in m for m in messages) == 2
+  assert sum("resuming" in m for m in messages) == 4
+
+
+def test_changed_row_is_refused_for_started_runs(tmp_path, fake_train):
+  row = experiments.parse_row("a: --quality=0.1")
+  runs = experiments.plan_runs([row], [0], str(tmp_path))
+  assert experiments.changed_runs(runs) == []
+  experiments.run_all(runs, fake_train, log=lambda _: None)
+  assert experiments.changed_runs(runs) == []
+  changed = experiments.plan_runs([experiments.parse_row("a: --quality=0.2")], [0], str(tmp_path))
+  [message] = experiments.changed_runs(changed)
+  assert "--quality=0.1" in message and "--quality=0.2" in message
+
+
+# --- Summary: aggregation, significance, rendering. -----------------------------------------------
+
+
+def finished_experiment(tmp_path, fake_train, seeds=(0, 1, 2)):
+  rows = [experiments.parse_row("base: --quality=0.0"),
+          experiments.parse_row("better: --quality=0.05"),
+          experiments.parse_row("same: --quality=0.0")]
+  runs = experiments.plan_runs(rows, list(seeds), str(tmp_path / "exp"))
+  assert experiments.run_all(runs, fake_train, log=lambda _: None) == []
+  return rows, runs
+
+
+def test_collect_means_stds_and_per_seed_values(tmp_path, fake_train):
+  rows, runs = finished_experiment(tmp_path, fake_train)
+  results = experiments.collect(rows, runs, ["base"], ["ndcg@20"])
+  better = results["summary"]["better"]
+  assert better["seeds_finished"] == 3
+  finals = [json.loads(open(os.path.join(r.workdir, "final_metrics.json")).read())
+            for r in runs if r.row == "better"]
+  for key in ("valid/ndcg@20", "test/ndcg@20", "test/recall@20", "best_epoch"):
+    values = [f[key] for f in finals]
+    assert better["metrics"][key]["mean"] == pytest.approx(sum(values) / 3)
+    mean = sum(values) / 3
+    assert better["metrics"][key]["std"] == pytest.approx(
+        math.sqrt(sum((v - mean) ** 2 for v in values) / 2))
+  assert "model_dir" not in better["metrics"]
+  # Seconds per epoch: the median of the 4 epochs' train/seconds (12, 4, 5, 6 for seed 2).
+  assert better["per_seed"]["2"]["seconds_per_epoch"] == 5.5
+  assert better["per_seed"]["2"]["epochs"] == 4
+  assert results["unfinished_runs"] == [] and results["runs_without_per_user_file"] == []
+
+
+def test_single_seed_has_no_std(tmp_path, fake_train):
+  rows, runs = finished_experiment(tmp_path, fake_train, seeds=(0,))
+  results = experiments.collect(rows, runs, [], [])
+  assert results["summary"]["base"]["metrics"]["test/ndcg@20"]["std"] is None
+  assert results["significance"] == {}
+
+
+def test_significance_pairs_users_by_id_over_seed_means(tmp_path, fake_train):
+  rows, runs = finished_experiment(tmp_path, fake_train)
+  results = experiments.collect(rows, runs, ["base", "same"], ["ndcg@20", "recall@20"])
+  assert set(results["significance"]["base"]) == {"better", "same"}
+  assert set(results["significance"]["same"]) == {"base", "better"}
+  tests = results["significance"]["base"]
+
+  def user_means(row):
+    per_seed = []
+    for run in runs:
+      if run.row == row:
+        with np.load(os.path.join(run.workdir, "per_user_test.npz")) as data:
+          per_seed.append(dict(zip(data["user_ids"].tolist(), data["ndcg@20"].tolist())))
+    return {u: np.mean([s[u] for s in per_seed]) for u in per_seed[0]}
+
+  better, base = user_means("better"), user_means("base")
+  users = sorted(base)
+  differences = np.array([better[u] - base[u] for u in users])
+  test = tests["better"]["ndcg@20"]
+  assert test["num_users"] == 60
+  assert test["mean_difference"] == pytest.approx(differences.mean())
+  assert test["ttest_p"] == pytest.approx(
+      stats.ttest_1samp(differences, 0.0).pvalue)
+  assert test["wilcoxon_p"] < 0.05  # quality +0.05 on 60 users: a clear gain.
+  assert tests["same"]["ndcg@20"]["mean_difference"] == 0.0
+  assert tests["same"]["ndcg@20"]["wilcoxon_p"] is None  # All ties.
+
+
+def wilcoxon_normal_reference(differences):
+  """Two-sided Wilcoxon signed-rank p-value from the formula: zeros dropped, average ranks of
+  |d|, W+ against n(n+1)/4 with variance n(n+1)(2n+1)/24 - sum(t^3 - t)/48 over tie groups."""
+  d = [x for x in differences if x != 0]
+  n = len(d)
+  magnitudes = sorted(abs(x) for x in d)
+  rank = {}
+  i = 0
+  while i < n:
+    j = i
+    while j + 1 < n and magnitudes[j + 1] == magnitudes[i]:
+      j += 1
+    rank[magnitudes[i]] = (i + j) / 2 + 1  # Average of ranks i+1 .. j+1.
+    i = j + 1
+  w_plus = sum(rank[abs(x)] for x in d if x > 0)
+  ties = [magnitudes.count(m) for m in set(magnitudes)]
+  variance = n * (n + 1) * (2 * n + 1) / 24 - sum(t ** 3 - t for t in ties) / 48
+  z = (w_plus - n * (n + 1) / 4) / math.sqrt(variance)
+  return math.erfc(abs(z) / math.sqrt(2))
+
+
+def test_paired_test_matches_the_wilcoxon_formula_with_ties_and_zeros():
+  rng = np.random.default_rng(0)
+  baseline = rng.integers(0, 5, 80) / 4  # Coarse values: many tied and zero differences.
+  row = np.clip(baseline + rng.integers(-1, 3, 80) / 4, 0, 1)
+  users = [f"u{i}" for i in range(80)]
+  result = experiments.paired_test(dict(zip(users, row)), dict(zip(users, baseline)))
+  assert result["wilcoxon_p"] == pytest.approx(wilcoxon_normal_reference(row - baseline),
+                                               rel=1e-9)
+  differences = row - baseline
+  t = differences.mean() / (differences.std(ddof=1) / math.sqrt(80))
+  assert result["ttest_p"] == pytest.approx(2 * stats.t.sf(abs(t), 79), rel=1e-9)
+  # Only shared users are paired.
+  partial = experiments.paired_test(dict(zip(users[:50], row)), dict(zip(users[10:], baseline)))
+  assert partial["num_users"] == 40
+
+
+def test_per_user_file_errors_name_the_file(tmp_path):
+  path = tmp_path / "per_user_test.npz"
+  np.savez(path, user_ids=np.array(["a", "b"]), **{"ndcg@20": np.zeros(3)})
+  with pytest.raises(ValueError, match=f"{path}.*shape"):
+    experiments.read_per_user(str(path))
+  np.savez(path, user_ids=np.array(["a", "a"]), **{"ndcg@20": np.zeros(2)})
+  with pytest.raises(ValueError, match="repeated user ids"):
+    experiments.read_per_user(str(path))
+
+
+def test_report_is_deterministic_and_complete(tmp_path, fake_train):
+  rows, runs = finished_experiment(tmp_path, fake_train)
+  published = tmp_path / "published.json"
+  published.write_text(json.dumps({"source": "Paper X", "protocol": "full ranking",
+                                   "rows": {"base": {"test/ndcg@20": 0.3}}}))
+  experiment_dir = str(tmp_path / "exp")
+  write = lambda: experiments.write_report(
+      "demo", experiment_dir, rows, runs, ["base"], ["valid/ndcg@20", "test/ndcg@20"],
+      ["ndcg@20"], "test/ndcg@20", str(published))
+  results = write()
+  files = {name: open(os.path.join(experiment_dir, name), "rb").read()
+           for name in ("results.json", "results.md", "results.png")}
+  write()
+  for name, content in files.items():
+    assert open(os.path.join(experiment_dir, name), "rb").read() == content, name
+  assert json.loads(files["results.json"]) == json.loads(json.dumps(results))
+  markdown = files["results.md"].decode()
+  better = results["summary"]["better"]["metrics"]["test/ndcg@20"]
+  assert f"{better['mean']:.4f} ± {better['std']:.4f}" in markdown
+  assert "| better | ndcg@20 | 60 |" in markdown
+  [line] = [l for l in markdown.splitlines() if l.startswith("| better | ndcg@20 |")]
+  assert line.split(" | ")[6].endswith("*")  # Wilcoxon p < 0.05 is marked.
+  ours = results["summary"]["base"]["metrics"]["test/ndcg@20"]["mean"]
+  assert f"{100 * (ours / 0.3 - 1):+.1f}%" in markdown
+  assert markdown.index("| base |") < markdown.index("| better |") < markdown.index("| same |")
+
+
+def test_report_lists_unfinished_runs_and_heatmap_grid(tmp_path, fake_train):
+  rows = [experiments.parse_row(f"t{x}_w{y}: --tau_hard_scale={x} --hard_weight={y}")
+          for x, y in [(0.1, 1), (0.5, 1), (0.1, 2)]]
+  rows.append(experiments.parse_row("other: --quality=0.5 --tau_hard_scale=0.1 --hard_weight=1"))
+  runs = experiments.plan_runs(rows, [0], str(tmp_path / "exp"))
+  experiments.run_all(runs[:2] + runs[3:], fake_train, log=lambda _: None)
+  results = experiments.write_report("grid", str(tmp_path / "exp"), rows, runs, [],
+                                     ["valid/ndcg@20"], [], "valid/ndcg@20",
+                                     heatmap=("tau_hard_scale", "hard_weight", "valid/ndcg@20"))
+  assert results["unfinished_runs"] == ["t0.1_w2/seed_0"]
+  assert "t0.1_w2/seed_0" in open(tmp_path / "exp" / "results.md").read()
+  panels = results["heatmap"]["panels"]  # Rows differing in other flags: separate panels.
+  assert sorted(panels) == ["", "--quality=0.5"]
+  assert panels[""]["x"] == ["0.1", "0.5"] and panels[""]["y"] == ["1", "2"]
+  assert panels[""]["mean"][0] == pytest.approx([0.11, 0.15])
+  assert panels[""]["mean"][1] == [None, None]
+  assert panels["--quality=0.5"]["mean"] == [[pytest.approx(0.61)]]
+  assert (tmp_path / "exp" / "heatmap.png").is_file()
+  markdown = (tmp_path / "exp" / "results.md").read_text()
+  assert "| hard_weight \\ tau_hard_scale | 0.1 | 0.5 |\n|---|---|---|\n| 1 | 0.1100 | 0.1500 |\n" \
+      "| 2 | — | — |" in markdown
+
+
+# --- launch/experiment.py with the real launch/train.py. ------------------------------------------
+
+
+def run_driver(args, cwd, cache_dir):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "experiment.py"), *args],
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_launch_experiment_end_to_end(tmp_path):
+  paths = synthetic.write_paper_files(str(tmp_path))
+  model = tmp_path / "tiny.cfg"
+  model.write_text("\n".join(synthetic.flag_args(synthetic.tiny_config(paths, groups=False)))
+                   + "\n")
+  config = tmp_path / "demo.cfg"
+  config.write_text(f"# two rows x two seeds\n--row=lightgcn: {model} --eps=0 --cl_weight=0\n"
+                    f"--row=xsimgcl: {model}\n--seeds=0,1\n--baselines=lightgcn\n")
+  experiment_dir = tmp_path / "runs" / "experiments" / "demo"
+  cache = tmp_path / "cache"
+
+  listed = []
+  for index in (0, 1):
+    result = run_driver([f"--flagfile={config}", "--dry_run", f"--shard_index={index}",
+                         "--num_shards=2"], tmp_path, cache)
+    assert result.returncode == 0, result.stderr
+    listed.append([line.split(":")[0].split() for line in result.stdout.splitlines()[1:]])
+  assert listed == [[["new", "lightgcn", "seed", "0"], ["new", "xsimgcl", "seed", "0"]],
+                    [["new", "lightgcn", "seed", "1"], ["new", "xsimgcl", "seed", "1"]]]
+
+  for index in (0, 1):  # Each shard trains its own two runs.
+    result = run_driver([f"--flagfile={config}", f"--shard_index={index}", "--num_shards=2"],
+                        tmp_path, cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(": done") == 2, result.stdout
+  results_json = (experiment_dir / "results.json").read_bytes()
+  results_md = (experiment_dir / "results.md").read_bytes()
+  results = json.loads(results_json)
+  for row in ("lightgcn", "xsimgcl"):
+    summary = results["summary"][row]
+    assert summary["seeds_finished"] == 2
+    assert 0 < summary["metrics"]["test/ndcg@20"]["mean"] <= 1
+    assert summary["metrics"]["epochs"]["mean"] == 2
+  per_user = (experiment_dir / "xsimgcl" / "seed_0" / experiments.PER_USER_FILE).is_file()
+  assert bool(results["significance"]["lightgcn"]) == per_user
+  assert (experiment_dir / "results.png").is_file()
+
+  result = run_driver([f"--flagfile={config}"], tmp_path, cache)  # Everything finished.
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count("finished before, skipped") == 4 and ": done" not in result.stdout
+  assert (experiment_dir / "results.json").read_bytes() == results_json
+  assert (experiment_dir / "results.md").read_bytes() == results_md
+
+  # A failing run: reported, the exit status counts it.
+  bad = tmp_path / "bad.cfg"
+  bad.write_text(f"--row=bad: {model} --num_layers=0\n")
+  result = run_driver([f"--flagfile={bad}"], tmp_path, cache)
+  assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+  assert "FAILED" in result.stdout and "--num_layers=0" in result.stdout
