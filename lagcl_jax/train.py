@@ -168,6 +168,11 @@ def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str,
                                            setup.config.top_k,
                                            setup.config.eval_batch_size).items():
       metrics[f"{split}/{name}"] = value
+    if split == "test" and setup.dataset.summary.get("cold_test_users"):
+      for name, value in evaluation.evaluate(user_emb, item_emb, setup.dataset, split,
+                                             setup.config.top_k, setup.config.eval_batch_size,
+                                             cold=True).items():
+        metrics[f"test_cold/{name}"] = value
   return metrics
 
 
