@@ -75,11 +75,9 @@ def _read_rows(config: Config, flag: str, bad_rows: BadRows) -> RawRows:
   if config.dataset == "adjacency":
     return readers.read_adjacency(data, name, config.encoding, bad_rows)
   if config.dataset == "recbole":
-    table = readers.split_table(data, name, "\t", "yes", config.encoding, bad_rows)
-    columns = readers.recbole_columns(table, config.user_col, config.item_col,
+    return readers.read_recbole_inter(data, name, config.user_col, config.item_col,
                                       config.rating_col, config.time_col, config.implicit,
-                                      config.like_threshold)
-    return readers.rows_from_table(table, columns, bad_rows)
+                                      config.like_threshold, config.encoding, bad_rows)
   columns = readers.Columns(
       config.user_col or "0", config.item_col or "1",
       "" if config.implicit else (config.rating_col or "2"), config.time_col,

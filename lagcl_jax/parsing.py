@@ -46,7 +46,7 @@ class BadRows:
     skipped = self._per_file[file_name]
     total = kept_rows + skipped
     if total == 0:
-      raise ValueError(f"{file_name}: no rows (the file is empty).")
+      raise ValueError(f"{file_name}: no data rows (an empty file, or a header only).")
     if skipped > self.max_fraction * total:
       examples = "\n  ".join(self._file_examples[file_name])
       raise ValueError(

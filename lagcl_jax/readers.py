@@ -258,22 +258,19 @@ def recbole_header(table: Table) -> dict[str, str]:
   return dict(name.split(":", 1) for name in table.header)
 
 
-def recbole_columns(table: Table, user: str, item: str, rating: str, time: str,
-                    implicit: bool, like_threshold: float) -> Columns:
-  """The columns of a `.inter` file: flags, else RecBole's user_id, item_id, rating, timestamp.
+def read_recbole_inter(data: bytes, file_name: str, user: str, item: str, rating: str,
+                       time: str, implicit: bool, like_threshold: float, encoding: str,
+                       bad_rows: BadRows) -> RawRows:
+  """Reads a RecBole `.inter` file (tab-separated, `name:type` header).
 
-  Without a rating field (or with --implicit) every row is +1.
+  Columns: the given names, else RecBole's user_id, item_id, rating and timestamp fields.
+  Without a rating field (or with `implicit`) every row is +1.
   """
+  table = split_table(data, file_name, "\t", "yes", encoding, bad_rows)
   fields = recbole_header(table)
   rating = "" if implicit else (rating or ("rating" if "rating" in fields else ""))
   time = time or ("timestamp" if "timestamp" in fields else "")
-  return Columns(user or "user_id", item or "item_id", rating, time, like_threshold)
-
-
-def read_recbole_inter(data: bytes, file_name: str, columns: Columns, encoding: str,
-                       bad_rows: BadRows) -> RawRows:
-  """Reads a RecBole `.inter` file (tab-separated, `name:type` header)."""
-  table = split_table(data, file_name, "\t", "yes", encoding, bad_rows)
+  columns = Columns(user or "user_id", item or "item_id", rating, time, like_threshold)
   return rows_from_table(table, columns, bad_rows)
 
 
@@ -314,16 +311,14 @@ def _guess_genres(names: list[str], skip: int) -> Optional[int]:
 
 def meta_from_table(table: Table, id_col: str, id_flag: str, title_col: str,
                     genre_col: str) -> dict[str, dict[str, Any]]:
-  """{raw id: {column name: value, ...}} from a table with a header.
+  """{raw id: {column name: value, ...}} from a table read with its header.
 
   Every column but the id is kept under its name (RecBole `name:type` headers by name;
   `token_seq` fields and `--item_genre_col` as lists). "title" is the `title_col` column, else
   the first column named like a title or a name (e.g. WineName, name, movie_title); "genres" is
-  the `genre_col` column (a list), else a column named genre(s).
+  the `genre_col` column (a list), else a column named genre(s); "year" (an int) comes from a
+  year or release_year column. title, year and genres are what the LLM profiles show.
   """
-  if table.header is None:
-    raise ValueError(f"{table.file_name}: a metadata table needs a header row naming its "
-                     "columns.")
   names = [name.split(":")[0] for name in table.header]
   types = [name.split(":", 1)[1] if ":" in name else "" for name in table.header]
   key = column_index(table, id_col or "0", id_flag)
@@ -340,6 +335,9 @@ def meta_from_table(table: Table, id_col: str, id_flag: str, title_col: str,
       entry[name] = value.split() if kind.endswith("_seq") else value
     if title is not None and row[title]:
       entry["title"] = row[title]
+    year = next((entry[name] for name in ("year", "release_year") if name in entry), None)
+    if isinstance(year, str) and year.isdigit():
+      entry["year"] = int(year)
     if genres is not None and row[genres]:
       value = row[genres]
       entry["genres"] = value.split() if types[genres].endswith("_seq") else parse_list(value)

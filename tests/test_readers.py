@@ -12,6 +12,7 @@ from lagcl_jax import data
 from lagcl_jax import evaluation
 from lagcl_jax import readers
 from lagcl_jax.config import Config
+from lagcl_jax.llm import profiles
 from lagcl_jax.parsing import BadRows
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "x-wines")
@@ -95,6 +96,17 @@ def test_quoted_csv_fields_and_item_table(tmp_path):
   assert dataset.summary["items_with_metadata"] == 2
 
 
+def test_item_table_id_column_is_checked(tmp_path):
+  ratings = write(tmp_path / "r.csv", "1,a,5\n2,b,2\n")
+  items = write(tmp_path / "items.csv", "id,name\na,A\n")
+  config = Config(dataset="ratings", train_file=ratings, item_file=items, item_id_col="WineID",
+                  valid_fraction=0.0, test_fraction=0.0)
+  with pytest.raises(ValueError, match=r"--item_id_col='WineID': .*items.csv has no such column"):
+    data.load_dataset(config)
+  with pytest.raises(ValueError, match=r"items.csv: no data rows"):
+    data.load_dataset(config.replace(item_file=write(tmp_path / "items.csv", "")))
+
+
 def test_parse_list_spellings():
   assert readers.parse_list("['Beef', 'Lamb']") == ["Beef", "Lamb"]
   assert readers.parse_list("Action|Comedy") == ["Action", "Comedy"]
@@ -116,8 +128,9 @@ def test_parse_list_spellings():
     ("u,i,r,t\n1,2,3,2020-01-01\n1,3,4,yesterday\n", {"time_col": "t"},
      r"r.csv, line 3: time 'yesterday' is neither a number nor an ISO date"),
     ("u,i,r\n1,,3\n", {}, r"r.csv, line 2: empty user or item id"),
-    ("", {}, r"r.csv: no rows \(the file is empty\)"),
-    ("\n\n", {}, r"r.csv: no rows \(the file is empty\)"),
+    ("", {}, r"r.csv: no data rows \(an empty file"),
+    ("\n\n", {}, r"r.csv: no data rows \(an empty file"),
+    ("u,i,r\n", {"user_col": "u"}, r"r.csv: no data rows \(an empty file, or a header only\)"),
 ])
 def test_ratings_bad_input_messages(tmp_path, text, changes, message):
   config = Config(dataset="ratings", train_file=write(tmp_path / "r.csv", text),
@@ -140,7 +153,8 @@ def test_bad_encoding_names_line_and_flag(tmp_path):
 def test_empty_given_test_file_is_a_one_line_error(tmp_path):
   config = Config(dataset="lagcl", train_file=write(tmp_path / "train.txt", "1 1 1\n"),
                   test_file=write(tmp_path / "test.txt", ""))
-  with pytest.raises(ValueError, match=r"test.txt: no rows \(the file is empty\)\.$"):
+  with pytest.raises(ValueError, match=r"test.txt: no data rows \(an empty file, or a header "
+                                       r"only\)\.$"):
     data.load_dataset(config)
 
 
@@ -325,8 +339,11 @@ def test_recbole_atomic_files(tmp_path):
   assert pairs(dataset, "train") == {("1", "10", 1), ("2", "10", 1)}
   assert dataset.item_meta[0]["title"] == "Toy Story"
   assert dataset.item_meta[0]["genres"] == ["Animation", "Comedy"]
-  assert dataset.item_meta[1]["release_year"] == "1995"
+  assert dataset.item_meta[1]["release_year"] == "1995" and dataset.item_meta[1]["year"] == 1995
   assert dataset.user_meta[1] == {"age": "53", "gender": "F"}
+  # The .item text reaches the LLM profiles.
+  item_text = profiles.template_profiles(dataset, max_titles=5).item_text
+  assert item_text == ["Toy Story (1995); genres: Animation, Comedy", "Heat (1995); genres: Action"]
   implicit = data.load_dataset(config.replace(implicit=True))
   assert (implicit.test.labels == 1).all() and (implicit.train.labels == 1).all()
 
