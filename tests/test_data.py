@@ -323,6 +323,14 @@ def test_ml1m_folder_reader(tmp_path):
       {"gender": "M", "age": 56, "occupation": "self-employed", "zip": "70072"}]
 
 
+def test_movielens_timestamps_drive_the_time_splits(tmp_path):
+  folder = write_ml1m(tmp_path / "ml")
+  dataset = data.load_dataset(Config(dataset="ml-1m", data_dir=folder, download=False,
+                                     valid_fraction=0.0, split="leave_last_out"))
+  assert pairs(dataset, "test") == {("1", "661", -1), ("2", "914", -1)}
+  assert dataset.summary["split"] == "leave_last_out"
+
+
 def make_zip(folder, zip_path, top: str) -> bytes:
   with zipfile.ZipFile(zip_path, "w") as archive:
     archive.writestr(f"{top}/", "")
