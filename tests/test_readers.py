@@ -195,6 +195,8 @@ def test_config_checks_name_the_flag():
     config_lib.validate(Config(dataset="adjacency", train_file="t.txt", split="global_time"))
   with pytest.raises(ValueError, match="--train_file=''"):
     config_lib.validate(Config(dataset="ratings"))
+  with pytest.raises(ValueError, match=r"--train_file='r.csv'.*use --dataset=ratings"):
+    config_lib.validate(Config(dataset="ml-100k", train_file="r.csv"))
   with pytest.raises(ValueError, match="--implicit=True"):
     config_lib.validate(Config(dataset="lagcl", train_file="t", implicit=True))
   with pytest.raises(ValueError, match="--max_bad_fraction=2"):
@@ -405,3 +407,37 @@ def test_cold_test_users_are_marked_and_evaluated_apart(tmp_path):
   assert evaluation.evaluate(user_emb, item_emb, dataset, "test", (2,))["num_users"] == 2
   cold = evaluation.evaluate(user_emb, item_emb, dataset, "test", (2,), cold=True)
   assert cold["num_users"] == 2
+
+
+# --- The real data in ../shared/data ---------------------------------------------------------
+
+
+def shared(*parts: str) -> str:
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", *parts)
+  if not os.path.exists(path):
+    pytest.skip(f"real data not found at {path}")
+  return path
+
+
+def test_real_lastfm_lgcnpp_adjacency_split():
+  dataset = data.load_dataset(Config(
+      dataset="adjacency", train_file=shared("lastfm-lgcnpp", "train.txt"),
+      valid_file=shared("lastfm-lgcnpp", "valid.txt"),
+      test_file=shared("lastfm-lgcnpp", "test.txt")))
+  summary = dataset.summary
+  assert (summary["users"], summary["items"]) == (1885, 17388)  # items only in valid/test too
+  assert (summary["train_rows"], summary["valid_rows"], summary["test_rows"]) == (
+      64_315, 9_143, 18_321)
+  assert summary["cold_test_rows"] == 2_543  # test items never seen in train (data README)
+
+
+def test_real_hetrec_lastfm_implicit_with_artist_names():
+  dataset = data.load_dataset(Config(
+      dataset="ratings", train_file=shared("lastfm-hetrec2011", "user_artists.dat"),
+      implicit=True, item_file=shared("lastfm-hetrec2011", "artists.dat"), item_id_col="id"))
+  summary = dataset.summary
+  assert (summary["users"], summary["items"]) == (1892, 17632)
+  assert summary["train_rows"] + summary["valid_rows"] + summary["test_rows"] == 92_834
+  assert summary["train_negatives"] == 0 and summary["skipped_rows"] == 0
+  assert dataset.item_meta[0]["title"] == "MALICE MIZER"
+  assert summary["items_with_metadata"] == 17632
