@@ -18,23 +18,73 @@ class Config:
   """All settings of a run. Defaults follow the LAGCL4Rec paper's code."""
 
   # --- Data ---------------------------------------------------------------------------------
-  dataset: str = setting("ml-100k", "ml-100k | ml-1m | lagcl (the paper's `user item label` files)")
+  dataset: str = setting(
+      "ml-100k", "ml-100k | ml-1m (raw MovieLens) | lagcl (the paper's `user item label` "
+      "files) | ratings (delimited interaction files) | adjacency (`uid iid iid ...` lines) | "
+      "recbole (RecBole atomic .inter/.item/.user files)")
   data_dir: str = setting(
       "../shared/data/ml-100k", "raw MovieLens files (or where to download them)")
-  train_file: str = setting("", "lagcl format: train interactions")
-  test_file: str = setting("", "lagcl format: test interactions")
+  train_file: str = setting(
+      "", "lagcl/ratings/adjacency/recbole: the train interactions, or every interaction when "
+      "there is no --test_file (then split by --split)")
+  valid_file: str = setting(
+      "", "validation interactions, used as given; empty: carve --valid_fraction from train")
+  test_file: str = setting("", "test interactions; empty: split --train_file by --split")
   metadata_dir: str = setting("", "lagcl format: folder with movies.dat/users.dat or u.item/u.user")
+  item_file: str = setting(
+      "", "item table with a header (ratings, lagcl, adjacency: delimiter sniffed; recbole: "
+      "the .item file, default <name>.item beside --train_file); every column but the id "
+      "becomes item metadata")
+  user_file: str = setting("", "user table with a header, like --item_file (recbole: .user)")
+  item_id_col: str = setting("", "--item_file's id column (name or 0-based position; empty: "
+                             "recbole item_id, else the first column)")
+  user_id_col: str = setting("", "--user_file's id column (empty: recbole user_id, else the "
+                             "first column)")
+  item_title_col: str = setting(
+      "", "--item_file column shown as the item's title (empty: the first column named like a "
+      "title or a name, e.g. WineName, name, movie_title)")
+  item_genre_col: str = setting(
+      "", "--item_file list-valued column used as the item's genres (e.g. for --groups="
+      "metadata); empty: a column named genre(s)")
+  delimiter: str = setting(
+      "", "ratings: field separator (a character, tab, comma, semicolon, pipe, whitespace); "
+      "empty: sniffed from the first line (tab, ::, comma, semicolon, pipe, else whitespace)")
+  header: str = setting(
+      "auto", "ratings: yes | no | auto (a header when a --*_col names a column, or when the "
+      "first row has text where the second has numbers)")
+  encoding: str = setting("utf-8", "text encoding of ratings/adjacency/recbole/item files")
+  user_col: str = setting("", "ratings/recbole: user column, name or 0-based position "
+                          "(empty: 0, recbole user_id)")
+  item_col: str = setting("", "ratings/recbole: item column (empty: 1, recbole item_id)")
+  rating_col: str = setting("", "ratings/recbole: rating column (empty: 2, recbole rating)")
+  time_col: str = setting("", "ratings/recbole: time column, numbers or ISO dates (empty: none, "
+                          "recbole timestamp); needed by the time --split rules")
+  implicit: bool = setting(
+      False, "ratings/recbole: no rating, every row is a +1 interaction")
   augment_file: str = setting("", "LLM-augmented train interactions (paper format), added to train")
-  like_threshold: int = setting(4, "raw MovieLens: rating >= this is +1, below is -1")
+  like_threshold: float = setting(
+      4.0, "MovieLens/ratings/recbole: rating >= this is +1, below is -1")
+  split: str = setting(
+      "random", "how one file is split into train/test (and validation carved): random | "
+      "leave_last_out | temporal_fraction | global_time (see lagcl_jax/splits.py)")
   test_fraction: float = setting(
-      0.2, "raw MovieLens: per user, ceil(fraction * ratings) go to test")
-  valid_fraction: float = setting(0.1, "per user, carved from train for model selection")
+      0.2, "without --test_file: per user, ceil(fraction * rows) go to test (global_time: of "
+      "all rows)")
+  valid_fraction: float = setting(
+      0.1, "without --valid_file: per user, carved from train for model selection")
   split_seed: int = setting(0, "seed of the per-user random test/validation split")
   skip_bad_rows: bool = setting(False, "count and skip malformed rows instead of failing")
+  max_bad_fraction: float = setting(
+      0.01, "with --skip_bad_rows: stop when more than this fraction of a file's rows is bad")
   download: bool = setting(True, "fetch missing raw MovieLens archives from GroupLens")
   groups: str = setting("none", "none | files | metadata")
   user_group_file: str = setting("", "`id,group` lines or grouping JSON for users (groups=files)")
   item_group_file: str = setting("", "`id,group` lines or grouping JSON for items (groups=files)")
+  min_group_coverage: float = setting(
+      0.5, "--groups=files: stop when a group file covers less than this fraction of the "
+      "data's users or items")
+  allow_degenerate_groups: bool = setting(
+      False, "with --groups on, allow a grouping where every user (or item) is in one group")
   graph_edges: str = setting(
       "positive", "positive: +1 train items are edges; all: every rated train item (+1 and -1)")
 
@@ -108,6 +158,7 @@ def validate(config: Config) -> None:
     ValueError naming the flag, its value and what is expected.
   """
   c = config
+  _validate_data(c)
   _check(c.graph_edges in ("positive", "all"), "graph_edges", c.graph_edges, "positive or all")
   _check(c.groups in ("none", "files", "metadata"), "groups", c.groups,
          "none, files or metadata")
@@ -139,6 +190,37 @@ def validate(config: Config) -> None:
                 for name in ("recall", "ndcg", "precision", "hit")]
   _check(c.select_metric in selectable, "select_metric", c.select_metric,
          f"a validation metric at one of --top_k, i.e. one of {selectable}")
+
+
+DATASETS = ("ml-100k", "ml-1m", "lagcl", "ratings", "adjacency", "recbole")
+SPLITS = ("random", "leave_last_out", "temporal_fraction", "global_time")
+
+
+def _validate_data(c: Config) -> None:
+  """The Data section's checks (files are checked when read)."""
+  _check(c.dataset in DATASETS, "dataset", c.dataset, f"one of {', '.join(DATASETS)}")
+  _check(c.split in SPLITS, "split", c.split, f"one of {', '.join(SPLITS)}")
+  _check(c.header in ("auto", "yes", "no"), "header", c.header, "auto, yes or no")
+  _check(0 <= c.max_bad_fraction <= 1, "max_bad_fraction", c.max_bad_fraction,
+         "0 <= fraction <= 1")
+  _check(0 <= c.min_group_coverage <= 1, "min_group_coverage", c.min_group_coverage,
+         "0 <= fraction <= 1")
+  files = c.dataset in ("lagcl", "ratings", "adjacency", "recbole")
+  _check(not files or bool(c.train_file), "train_file", c.train_file,
+         f"a file: --dataset={c.dataset} reads --train_file (and --valid_file, --test_file)")
+  _check(files or not (c.train_file or c.valid_file or c.test_file), "train_file",
+         c.train_file or c.valid_file or c.test_file,
+         f"nothing: --dataset={c.dataset} reads --data_dir; use --dataset=ratings to read "
+         "your own files")
+  _check(not c.implicit or c.dataset in ("ratings", "recbole"), "implicit", c.implicit,
+         "False unless --dataset is ratings or recbole")
+  if c.split in SPLITS[1:] and not (c.test_file and c.valid_file):
+    timed = (c.dataset in ("ml-100k", "ml-1m", "recbole")
+             or (c.dataset == "ratings" and bool(c.time_col)))
+    _check(timed, "split", c.split,
+           "random: the time rules need timestamps"
+           + (", so set --time_col" if c.dataset == "ratings"
+              else f", and --dataset={c.dataset} has none"))
 
 
 def config_from_dict(values: dict, base: Optional[Config] = None) -> Config:

@@ -77,3 +77,10 @@ class Dataset:
   @property
   def num_items(self) -> int:
     return int(self.item_ids.shape[0])
+
+  def has_train_positive(self) -> np.ndarray:
+    """[num_users] bool: the user has a +1 train row. Users without one are "cold": training
+    never updates their embeddings, so evaluation reports them apart (`test_cold/`)."""
+    has = np.zeros(self.num_users, bool)
+    has[self.train.users[self.train.labels > 0]] = True
+    return has

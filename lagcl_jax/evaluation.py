@@ -92,11 +92,13 @@ def ranking_metrics(top_items: np.ndarray, relevant: sp.csr_matrix,
   return metrics
 
 
-def split_targets(dataset: Dataset, split: str) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+def split_targets(dataset: Dataset, split: str, cold: bool = False
+                  ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
   """(evaluated users, their relevant-item rows, the users x items mask of known items).
 
   valid: relevant = label-1 valid items, known = train. test: relevant = label-1 test items,
-  known = train + valid.
+  known = train + valid. Users without a train positive (`Dataset.has_train_positive`) are
+  evaluated only with `cold=True`, which evaluates only them.
   """
   if split not in ("valid", "test"):
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
@@ -104,16 +106,21 @@ def split_targets(dataset: Dataset, split: str) -> tuple[np.ndarray, sp.csr_matr
   known = [dataset.train] if split == "valid" else [dataset.train, dataset.valid]
   relevant_all = interaction_matrix(dataset.num_users, dataset.num_items, target.positives)
   users = np.flatnonzero(np.diff(relevant_all.indptr) > 0).astype(np.int32)
+  users = users[dataset.has_train_positive()[users] != cold]
   exclude = interaction_matrix(dataset.num_users, dataset.num_items, *known)
   return users, relevant_all[users], exclude
 
 
 def evaluate(user_emb: np.ndarray, item_emb: np.ndarray, dataset: Dataset, split: str,
-             ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, float]:
-  """Full-ranking metrics of the split, keyed like "recall@20", plus "num_users"."""
-  users, relevant, exclude = split_targets(dataset, split)
+             ks: tuple[int, ...], batch_size: int = 1024, cold: bool = False
+             ) -> dict[str, float]:
+  """Full-ranking metrics of the split, keyed like "recall@20", plus "num_users".
+
+  `cold`: evaluate only the users without a train positive (see `split_targets`)."""
+  users, relevant, exclude = split_targets(dataset, split, cold)
   if users.size == 0:
-    raise ValueError(f"The {split} split has no user with a label-1 item: nothing to evaluate.")
+    raise ValueError(f"The {split} split has no {'cold ' if cold else ''}user with a label-1 "
+                     "item: nothing to evaluate.")
   top_items, _ = top_k_items(user_emb, item_emb, users, exclude, max(ks), batch_size)
   metrics = ranking_metrics(top_items, relevant, ks)
   metrics["num_users"] = int(users.size)

@@ -12,7 +12,9 @@ labels are numeric, else lexicographic; JSON groups in listed order). Nodes abse
 source get one extra group, the last id. A file id matches a data set id when the strings are
 equal or, both being digit strings, when their integer values are equal ("012" matches "12");
 the authors' code compared ints with strings and silently put every node in group 0, so low
-coverage is logged as a loud warning.
+coverage is loud: below 90% a warning, below `--min_group_coverage` (default 50%) an error.
+With groups on, a grouping that puts every user (or every item) in one group stops the run
+unless `--allow_degenerate_groups`: the group-aware losses would silently be plain ones.
 """
 
 import json
@@ -38,8 +40,12 @@ def _natural_sorted(labels: set[str]) -> list[str]:
 
 
 def _assign(membership: dict[str, str], labels: list[str], raw_ids: np.ndarray, kind: str,
-            source: str) -> tuple[np.ndarray, dict[str, Any]]:
-  """Maps each raw id to the dense group of its label; unmatched ids get an extra group."""
+            source: str, min_coverage: float) -> tuple[np.ndarray, dict[str, Any]]:
+  """Maps each raw id to the dense group of its label; unmatched ids get an extra group.
+
+  Raises:
+    ValueError: fewer than `min_coverage` of the ids are in the file.
+  """
   dense = {label: g for g, label in enumerate(labels)}
   by_number = {}
   for file_id in membership:
@@ -63,6 +69,12 @@ def _assign(membership: dict[str, str], labels: list[str], raw_ids: np.ndarray, 
       "coverage": coverage, "num_groups": num_groups,
       "groups_used": int(np.unique(groups).size),
       "unknown_ids_in_file": len(membership) - len(matched), "labels": list(labels)}
+  if coverage < min_coverage:
+    raise ValueError(
+        f"{source}: only {report['covered']:,} of {len(raw_ids):,} {kind}s ({coverage:.1%}) "
+        f"are in this group file, below --min_group_coverage={min_coverage} "
+        f"({report['unknown_ids_in_file']:,} of its ids are not in the data). Is it the group "
+        "file of this data set? Its ids must be the interaction files' raw ids.")
   if coverage < LOW_COVERAGE:
     logging.warning(
         "LOW GROUP COVERAGE: only %d of %d %ss (%.1f%%) are in %s; the other %d share the "
@@ -71,7 +83,7 @@ def _assign(membership: dict[str, str], labels: list[str], raw_ids: np.ndarray, 
   return groups, report
 
 
-def load_group_file(path: str, raw_ids: np.ndarray, kind: str
+def load_group_file(path: str, raw_ids: np.ndarray, kind: str, min_coverage: float = 0.5
                     ) -> tuple[np.ndarray, dict[str, Any]]:
   """Reads `id,group` lines (no header; spaces around fields allowed) for `raw_ids`.
 
@@ -79,13 +91,15 @@ def load_group_file(path: str, raw_ids: np.ndarray, kind: str
     path: the group file.
     raw_ids: [n] raw id strings of the data set's users or items, in internal order.
     kind: "user" or "item", for messages.
+    min_coverage: the least fraction of raw_ids the file must cover.
 
   Returns:
     (groups, report): int32 [n] dense group per node, and a dict with covered, missing,
     coverage, num_groups, groups_used, unknown_ids_in_file and labels (file label per id).
 
   Raises:
-    ValueError: a malformed line or an id listed with two groups, naming file and line.
+    ValueError: a malformed line or an id listed with two groups, naming file and line, or
+      coverage below min_coverage.
   """
   membership, first_line = {}, {}
   with open(path, encoding="utf-8-sig") as f:
@@ -101,10 +115,11 @@ def load_group_file(path: str, raw_ids: np.ndarray, kind: str
                          f"{membership[node]!r} (line {first_line[node]}), now {group!r}")
       membership[node] = group
       first_line.setdefault(node, number)
-  return _assign(membership, _natural_sorted(set(membership.values())), raw_ids, kind, path)
+  return _assign(membership, _natural_sorted(set(membership.values())), raw_ids, kind, path,
+                 min_coverage)
 
 
-def load_group_json(path: str, raw_ids: np.ndarray, kind: str
+def load_group_json(path: str, raw_ids: np.ndarray, kind: str, min_coverage: float = 0.5
                     ) -> tuple[np.ndarray, dict[str, Any]]:
   """Reads the paper's grouping JSON; same return as `load_group_file`.
 
@@ -134,7 +149,7 @@ def load_group_json(path: str, raw_ids: np.ndarray, kind: str
         repeated += 1
       else:
         membership[member] = label
-  groups, report = _assign(membership, labels, raw_ids, kind, path)
+  groups, report = _assign(membership, labels, raw_ids, kind, path, min_coverage)
   report.update(names=names, members_in_several_groups=repeated)
   return groups, report
 
@@ -185,7 +200,7 @@ def _load_files(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarra
     if not path:
       raise ValueError(f"--groups=files needs --{flag}, which is empty.")
     loader = load_group_json if path.lower().endswith(".json") else load_group_file
-    loaded[kind] = loader(path, raw_ids, kind)
+    loaded[kind] = loader(path, raw_ids, kind, config.min_group_coverage)
   report = {"source": "files", "user": loaded["user"][1], "item": loaded["item"][1]}
   return loaded["user"][0], loaded["item"][0], report
 
@@ -210,6 +225,13 @@ def build_groups(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarr
     user_groups, item_groups, report = metadata_groups(dataset)
   else:
     raise ValueError(f"--groups={config.groups!r}: expected none, files or metadata.")
+  if config.uses_groups and not config.allow_degenerate_groups:
+    for kind, assigned in (("user", user_groups), ("item", item_groups)):
+      if assigned.size and np.unique(assigned).size < 2:
+        raise ValueError(
+            f"--groups={config.groups}: every {kind} is in the same group, so the group-aware "
+            "losses reduce to plain ones. Check the grouping, use --groups=none, or pass "
+            "--allow_degenerate_groups to train anyway.")
   for kind in ("user", "item"):
     part = report[kind]
     logging.info("Groups (%s) for %ss: %d groups, %s used, coverage %s", report["source"], kind,

@@ -170,6 +170,11 @@ def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str,
                                            setup.config.top_k,
                                            setup.config.eval_batch_size).items():
       metrics[f"{split}/{name}"] = value
+    if split == "test" and evaluation.split_targets(setup.dataset, "test", cold=True)[0].size:
+      for name, value in evaluation.evaluate(user_emb, item_emb, setup.dataset, split,
+                                             setup.config.top_k, setup.config.eval_batch_size,
+                                             cold=True).items():
+        metrics[f"test_cold/{name}"] = value
   return metrics
 
 

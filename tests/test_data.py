@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from lagcl_jax import data
+from lagcl_jax import movielens
+from lagcl_jax import splits
 from lagcl_jax.config import Config
 
 
@@ -57,9 +59,12 @@ def test_non_numeric_ids_sort_lexicographically(tmp_path):
 @pytest.mark.parametrize("bad_line, reason", [
     ("3 4", "expected 3 fields, found 2"),
     ("3 4 1 9", "expected 3 fields, found 4"),
-    ("3 4 yes", "non-numeric label"),
-    ("3 4 0", "unknown label"),
-    ("3 4 2", "unknown label"),
+    ("3 4 yes", "label 'yes' is not 1 or -1; if this is a rating file, read it with "
+                "--dataset=ratings --like_threshold="),
+    ("3 4 0", "label '0' is not 1 or -1"),
+    ("3 4 2", "label '2' is not 1 or -1"),
+    ("3 4 2.00", "label '2.00' is not 1 or -1"),
+    ("3 4 1.0", "label '1.0' mixes float spellings"),
 ])
 def test_malformed_row_names_file_and_line(tmp_path, bad_line, reason):
   config = paper_config(tmp_path, "1 1 1\n\n" + bad_line + "\n2 2 -1\n", "1 2 1\n")
@@ -77,7 +82,7 @@ def test_numeric_label_spellings_are_accepted(tmp_path):
 
 def test_skip_bad_rows_counts_and_reports_locations(tmp_path):
   config = paper_config(tmp_path, "1 1 1\n1 2 0\n1 3\n1 4 x\n2 1 -1\n", "1 5 2\n2 5 1\n",
-                        skip_bad_rows=True)
+                        skip_bad_rows=True, max_bad_fraction=1.0)
   dataset = data.load_dataset(config)
   assert pairs(dataset, "train") == {("1", "1", 1), ("2", "1", -1)}
   assert pairs(dataset, "test") == {("2", "5", 1)}
@@ -150,7 +155,9 @@ def test_augment_unknown_id_is_an_error_or_a_counted_skip(tmp_path):
   config = paper_config(tmp_path, "1 1 1\n", "1 3 -1\n", augment_file=augment)
   with pytest.raises(ValueError, match=r"augment.txt, line 2: unknown user id '7'"):
     data.load_dataset(config)
-  dataset = data.load_dataset(config.replace(skip_bad_rows=True))
+  with pytest.raises(ValueError, match=r"augment.txt: 2 of 3 rows \(66.7%\) are malformed"):
+    data.load_dataset(config.replace(skip_bad_rows=True))
+  dataset = data.load_dataset(config.replace(skip_bad_rows=True, max_bad_fraction=0.7))
   assert dataset.summary["augment_unknown_rows"] == 2
   assert dataset.summary["skipped_rows"] == 2
   assert dataset.summary["augment_overlap_rows"] == 1  # 1-3 is a test pair
@@ -182,7 +189,7 @@ def write_ml100k(folder, ratings: str) -> str:
       for i, flags in zip(items, genre_flags)), "latin-1")
   write(os.path.join(folder, "u.user"), "".join(f"{u}|30|M|writer|0{u}\n" for u in users))
   write(os.path.join(folder, "u.genre"),
-        "".join(f"{g}|{n}\n" for n, g in enumerate(data.ML100K_GENRES)) + "\n")
+        "".join(f"{g}|{n}\n" for n, g in enumerate(movielens.ML100K_GENRES)) + "\n")
   return str(folder)
 
 
@@ -208,9 +215,9 @@ def test_raw_split_is_ceil_fraction_per_user_and_deterministic(tmp_path):
 
 def test_ceil_of_fraction_is_not_fooled_by_float_error():
   assert 0.07 * 100 > 7 and 0.14 * 50 > 7  # float error would round these up to 8
-  assert data._ceil_fraction(0.07, np.array([100, 101])).tolist() == [7, 8]
-  assert data._ceil_fraction(0.14, np.array([50])).tolist() == [7]
-  assert data._ceil_fraction(0.2, np.array([1, 5, 35, 36])).tolist() == [1, 1, 7, 8]
+  assert splits.ceil_fraction(0.07, np.array([100, 101])).tolist() == [7, 8]
+  assert splits.ceil_fraction(0.14, np.array([50])).tolist() == [7]
+  assert splits.ceil_fraction(0.2, np.array([1, 5, 35, 36])).tolist() == [1, 1, 7, 8]
 
 
 def slow_valid_sizes(train_labels_by_user: dict, fraction: float) -> dict:
@@ -316,6 +323,14 @@ def test_ml1m_folder_reader(tmp_path):
       {"gender": "M", "age": 56, "occupation": "self-employed", "zip": "70072"}]
 
 
+def test_movielens_timestamps_drive_the_time_splits(tmp_path):
+  folder = write_ml1m(tmp_path / "ml")
+  dataset = data.load_dataset(Config(dataset="ml-1m", data_dir=folder, download=False,
+                                     valid_fraction=0.0, split="leave_last_out"))
+  assert pairs(dataset, "test") == {("1", "661", -1), ("2", "914", -1)}
+  assert dataset.summary["split"] == "leave_last_out"
+
+
 def make_zip(folder, zip_path, top: str) -> bytes:
   with zipfile.ZipFile(zip_path, "w") as archive:
     archive.writestr(f"{top}/", "")
@@ -351,7 +366,7 @@ def test_zip_member_errors_name_the_member(tmp_path):
 def test_missing_files_offline_say_what_to_place_where(tmp_path, monkeypatch):
   def offline(*args, **kwargs):
     raise urllib.error.URLError("no network")
-  monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+  monkeypatch.setattr(movielens.urllib.request, "urlopen", offline)
   data_dir = str(tmp_path / "empty")
   with pytest.raises(FileNotFoundError) as error:
     data.load_dataset(Config(dataset="ml-100k", data_dir=data_dir, download=True))
@@ -368,8 +383,8 @@ class FakeResponse(io.BytesIO):
   """What urlopen returns: a readable context manager."""
 
 
-def fake_archive(payload: bytes, sha256: str = "") -> data.Archive:
-  return data.Archive(
+def fake_archive(payload: bytes, sha256: str = "") -> movielens.Archive:
+  return movielens.Archive(
       file_name="ml-100k.zip", url="https://example.invalid/ml-100k.zip",
       sha256=sha256 or hashlib.sha256(payload).hexdigest(), md5=hashlib.md5(payload).hexdigest(),
       top_folder="ml-100k", ratings_file="u.data", movies_file="u.item", users_file="u.user")
@@ -381,7 +396,7 @@ def test_download_verifies_checksum_and_extracts(tmp_path):
   payload = make_zip(folder, tmp_path / "built.zip", "ml-100k")
   fetch = lambda url, timeout: FakeResponse(payload)
   data_dir = str(tmp_path / "data")
-  source = data.find_movielens("ml-100k", data_dir, True,
+  source = movielens.find_movielens("ml-100k", data_dir, True,
                                archives={"ml-100k": fake_archive(payload)}, urlopen=fetch)
   assert sorted(os.listdir(data_dir)) == ["ml-100k.zip", "u.data", "u.genre", "u.item",
                                           "u.user"]
@@ -389,13 +404,13 @@ def test_download_verifies_checksum_and_extracts(tmp_path):
   corrupt = {"ml-100k": fake_archive(payload, sha256="0" * 64)}
   other_dir = str(tmp_path / "other")
   with pytest.raises(ValueError, match="Checksum mismatch"):
-    data.find_movielens("ml-100k", other_dir, True, archives=corrupt, urlopen=fetch)
+    movielens.find_movielens("ml-100k", other_dir, True, archives=corrupt, urlopen=fetch)
   assert os.listdir(other_dir) == []  # nothing half-written
 
 
 def test_published_checksums_are_the_readme_values():
-  assert data.ARCHIVES["ml-100k"].sha256.startswith("50d2a982c669")
-  assert data.ARCHIVES["ml-1m"].sha256.startswith("a6898adb50b9")
+  assert movielens.ARCHIVES["ml-100k"].sha256.startswith("50d2a982c669")
+  assert movielens.ARCHIVES["ml-1m"].sha256.startswith("a6898adb50b9")
 
 
 # --- The real data ---------------------------------------------------------------------------

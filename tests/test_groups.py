@@ -156,16 +156,16 @@ def test_build_groups_dispatch_and_flag_errors(tmp_path):
   assert not user_groups.any() and not item_groups.any()
   assert user_groups.shape == (3,) and item_groups.shape == (2,)
   with pytest.raises(ValueError, match="--item_group_file"):
-    groups.build_groups(Config(groups="files", user_group_file=write(tmp_path / "u", "0,1\n")),
-                        dataset)
+    groups.build_groups(Config(groups="files",
+                               user_group_file=write(tmp_path / "u", "0,1\n1,2\n")), dataset)
   with pytest.raises(ValueError, match="--groups='genre'"):
     groups.build_groups(Config(groups="genre"), dataset)
   config = Config(groups="files",
                   user_group_file=group_json(tmp_path / "u.json", [
-                      {"group_id": "a", "members": ["0", "1", "2"]}]),
+                      {"group_id": "a", "members": ["0", "1"]}]),
                   item_group_file=write(tmp_path / "i.txt", "0,5\n1,6\n"))
   user_groups, item_groups, report = groups.build_groups(config, dataset)
-  assert user_groups.tolist() == [0, 0, 0] and item_groups.tolist() == [0, 1]
+  assert user_groups.tolist() == [0, 0, 1] and item_groups.tolist() == [0, 1]
   assert report["user"]["source"].endswith("u.json")
   user_groups, item_groups, report = groups.build_groups(Config(groups="metadata"), dataset)
   assert item_groups.tolist() == [1, 0] and report["source"] == "metadata"
@@ -195,3 +195,29 @@ def test_real_ml1m_metadata_groups(ml1m):
   assert report["item"]["items_without_genre"] == 0
   assert report["item"]["groups_used"] == 18  # ML-1M's 18 genres
   assert np.unique(user_groups).size > 5
+
+
+def test_group_file_of_another_data_set_is_an_error(tmp_path):
+  path = write(tmp_path / "user_group.txt", "1,a\n" + "".join(f"{n},b\n" for n in range(100, 160)))
+  with pytest.raises(ValueError) as error:
+    groups.load_group_file(path, ids("1", "2", "3", "4"), "user")
+  message = str(error.value)
+  assert path in message and "only 1 of 4 users (25.0%)" in message
+  assert "--min_group_coverage=0.5" in message and "60 of its ids are not in the data" in message
+  _, report = groups.load_group_file(path, ids("1", "2", "3", "4"), "user", min_coverage=0.2)
+  assert report["coverage"] == pytest.approx(0.25)
+
+
+def test_degenerate_grouping_stops_unless_allowed(tmp_path):
+  dataset = small_dataset([["Drama"], ["Comedy"]], [(0, 0, 1), (1, 1, 1)])
+  config = Config(groups="files",
+                  user_group_file=write(tmp_path / "u.txt", "0,a\n1,a\n2,a\n"),
+                  item_group_file=write(tmp_path / "i.txt", "0,5\n1,6\n"))
+  with pytest.raises(ValueError, match=r"--groups=files: every user is in the same group.*"
+                                       r"--allow_degenerate_groups"):
+    groups.build_groups(config, dataset)
+  user_groups, _, _ = groups.build_groups(config.replace(allow_degenerate_groups=True), dataset)
+  assert user_groups.tolist() == [0, 0, 0]
+  one_genre = small_dataset([["Drama"], ["Drama"]], [(0, 0, 1), (1, 1, 1), (2, 0, 1)])
+  with pytest.raises(ValueError, match="every item is in the same group"):
+    groups.build_groups(Config(groups="metadata"), one_genre)
