@@ -115,8 +115,9 @@ def _described_fields(meta: dict[str, Any], skip: set[str]) -> list[str]:
 
 def no_text_description(noun: str, raw_id: str, liked: int, disliked: int) -> str:
   """The text of an item the data does not describe: its id and train counts, said as such."""
-  return (f"a {noun} with no title or description in the data (id {raw_id}); in training "
-          f"{liked} users liked it and {disliked} disliked it")
+  article = "An" if noun[:1].lower() in "aeiou" else "A"
+  return (f"{article} {noun} with no title or description in the data (id {raw_id}); in "
+          f"training {liked} users liked it and {disliked} disliked it")
 
 
 def item_text(meta: dict[str, Any], raw_id: str, noun: str, liked: int = 0,

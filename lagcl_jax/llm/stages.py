@@ -72,8 +72,9 @@ def _writes_outputs(options: LLMOptions, stage: str) -> bool:
   return True
 
 
-def _provenance(options: LLMOptions, llm: cached_llm.CachedLLM, **extra) -> dict[str, Any]:
-  return {"model": options.llm_model, "model_identity": llm.driver.identity,
+def _provenance(options: LLMOptions, llm: cached_llm.CachedLLM, noun: str,
+                **extra) -> dict[str, Any]:
+  return {"model": options.llm_model, "model_identity": llm.driver.identity, "item_noun": noun,
           "prompt_version": prompts.PROMPT_VERSION, "system_prompt": llm.driver.system_prompt,
           "max_users": options.max_users, "seed": options.llm_seed,
           "created": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
@@ -103,7 +104,7 @@ def run_profiles(config: Config, options: LLMOptions) -> cached_llm.StageStats:
   if _writes_outputs(options, "profiles"):
     path = os.path.join(options.llm_dir, "profiles.json")
     reporting.write_json(path, {**record, "provenance": _provenance(
-        options, llm, summaries=options.summarize_profiles, **text)})
+        options, llm, noun, summaries=options.summarize_profiles, **text)})
     logging.info("Wrote %s (%d users, %d items).", path, len(record["users"]),
                  len(record["items"]))
   return llm.stats
@@ -131,7 +132,7 @@ def run_augment(config: Config, options: LLMOptions) -> cached_llm.StageStats:
   if _writes_outputs(options, "augment"):
     path = os.path.join(options.llm_dir, "augment.txt")
     augment_lib.write_augmentation(path, dataset, rows, _provenance(
-        options, llm, candidates=source, top_candidates=options.top_candidates,
+        options, llm, profiles.noun, candidates=source, top_candidates=options.top_candidates,
         random_candidates=options.random_candidates, k_augment=options.k_augment,
         profiles=options.profiles_path, users=int(users.size),
         parse_failures=llm.stats.parse_failures))
@@ -171,7 +172,7 @@ def run_groups(config: Config, options: LLMOptions) -> cached_llm.StageStats:
                  "name).", ", ".join(paths), len(groups), kind, nodes.size, kind,
                  reports[kind]["parse_failures"])
   reporting.write_json(os.path.join(options.llm_dir, "groups.provenance.json"), _provenance(
-      options, llm, num_user_groups=options.num_user_groups,
+      options, llm, profiles.noun, num_user_groups=options.num_user_groups,
       num_item_groups=options.num_item_groups, profiles=options.profiles_path,
       users=int(users.size), items=int(items.size), user_groups=reports["user"],
       item_groups=reports["item"], parse_failures=llm.stats.parse_failures))
@@ -188,7 +189,8 @@ def rerank_for_run(run, options: LLMOptions
                                  selected_users(run.dataset.num_users, options))
   if not _writes_outputs(options, "rerank"):
     return None, llm.stats
-  result.metrics.update(provenance=_provenance(options, llm, profiles=options.profiles_path))
+  result.metrics.update(provenance=_provenance(options, llm, profiles.noun,
+                                             profiles=options.profiles_path))
   return result, llm.stats
 
 
