@@ -75,6 +75,16 @@ def test_wine_item_text_uses_its_own_fields():
       "x; tags: t0, t1, t2, t3, t4, t5, ..."
 
 
+def test_reader_copies_of_title_and_genres_are_shown_once():
+  # The table reader keeps every column and adds `title` and `genres` copies of two of them.
+  metas = [{**wine_meta(i), "title": f"Vinho {i}", "genres": [TYPES[i % 4]]} for i in range(8)]
+  assert metadata_text.item_text(metas[1], "101", "wine") == \
+      metadata_text.item_text(wine_meta(1), "101", "wine")
+  assert metadata_text.category_fields(metas) == ["Type", "Grapes", "Harmonize", "RegionName"]
+  assert metadata_text.item_text({"name": "Björk", "title": "Björk", "pictureURL": "x.jpg"}, "1",
+                                 "artist") == "Björk"
+
+
 def test_item_without_text_says_so_and_gives_counts():
   text = metadata_text.item_text({"ArtistID": "17", "homepage": ""}, "17", "item", 34, 2)
   assert text == ("An item with no title or description in the data (id 17); in training 34 "

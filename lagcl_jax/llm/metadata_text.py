@@ -103,12 +103,16 @@ def _field_text(values: list[str]) -> str:
 
 
 def _described_fields(meta: dict[str, Any], skip: set[str]) -> list[str]:
+  """`key: value` of every usable field not in `skip`; a field repeating the values of the
+  title or of an earlier field (a reader's `title` copy of `WineName`) is shown once."""
   parts = []
+  shown = {tuple(_values(meta[key])) for key in skip if key in meta}
   for key, value in meta.items():
     if key in skip or _is_id_key(key) or key.lower() in _SKIPPED_KEYS:
       continue
     values = _values(value)
-    if values:
+    if values and tuple(values) not in shown:
+      shown.add(tuple(values))
       parts.append(f"{field_label(key)}: {_field_text(values)}")
   return parts
 
@@ -146,7 +150,7 @@ def category_fields(item_meta: list[dict[str, Any]]) -> list[str]:
   type or body), never a title, id, URL or number."""
   distinct: dict[str, set] = collections.defaultdict(set)
   listed = set()
-  numeric = set()
+  numeric, title_copies = set(), set()
   for meta in item_meta:
     title = title_key(meta)
     for key, value in meta.items():
@@ -156,16 +160,22 @@ def category_fields(item_meta: list[dict[str, Any]]) -> list[str]:
         numeric.add(key)
         continue
       values = _values(value)
+      if title and values == _values(meta[title]):
+        title_copies.add(key)
       if isinstance(value, (list, tuple, np.ndarray)) or (
           isinstance(value, str) and value.startswith("[") and len(values) != 1):
         listed.add(key)
       distinct[key].update(values)
-  fields = []
+  fields, seen = [], set()
   for key, values in distinct.items():
-    if key in numeric or any(re.fullmatch(r"-?[\d.]+", v) for v in values):
+    if key in numeric or key in title_copies or any(re.fullmatch(r"-?[\d.]+", v)
+                                                    for v in values):
       continue
     if key in listed or 2 <= len(values) <= MAX_CATEGORY_VALUES:
-      fields.append(key)
+      column = tuple(tuple(item_categories(meta, key)) for meta in item_meta)
+      if column not in seen:  # e.g. a reader's `genres` copy of X-Wines' `Type`
+        seen.add(column)
+        fields.append(key)
   return fields
 
 
