@@ -14,7 +14,6 @@ from lagcl_jax import data as data_lib
 from lagcl_jax.config import Config
 from lagcl_jax.data_types import Dataset
 from lagcl_jax.llm import augment
-from lagcl_jax.llm import cache as cache_lib
 from lagcl_jax.llm import cached_llm
 from lagcl_jax.llm import grouping
 from lagcl_jax.llm import metadata_text
@@ -48,9 +47,7 @@ def wine_dataset() -> Dataset:
 
 @pytest.fixture
 def llm(tmp_path):
-  return cached_llm.CachedLLM(llm_testing.FakeDriver(batch_size=4),
-                              cache_lib.PromptCache(str(tmp_path), "test"),
-                              cached_llm.StageStats())
+  return llm_testing.fake_llm(str(tmp_path))
 
 
 # --- Item and user text ----------------------------------------------------------------------

@@ -8,8 +8,6 @@ import scipy.sparse as sp
 
 from lagcl_jax import evaluation
 from lagcl_jax.llm import augment
-from lagcl_jax.llm import cache as cache_lib
-from lagcl_jax.llm import cached_llm
 from lagcl_jax.llm import grouping
 from lagcl_jax.llm import parsing
 from lagcl_jax.llm import profiles as profiles_lib
@@ -19,9 +17,7 @@ import llm_testing
 
 @pytest.fixture
 def llm(tmp_path):
-  return cached_llm.CachedLLM(llm_testing.FakeDriver(batch_size=4),
-                              cache_lib.PromptCache(str(tmp_path), "test"),
-                              cached_llm.StageStats())
+  return llm_testing.fake_llm(str(tmp_path))
 
 
 # --- Parsing ---------------------------------------------------------------------------------
