@@ -212,7 +212,8 @@ def run_rerank(config: Config, options: LLMOptions) -> cached_llm.StageStats:
 
 def run_all(config: Config, options: LLMOptions) -> str:
   """profiles -> augment -> groups, then rerank when --backbone_workdir is set (reranking that
-  backbone); returns one line per stage with its counts and wall time.
+  backbone); returns one line per stage with its counts, wall time and CPU time (on a shared
+  machine the CPU time is the steadier measure).
 
   Resumable: every finished prompt is in the cache, so running it again after an interruption
   redoes no LLM work. For the full LAGCL4Rec, train on the augmentation and groups written here
@@ -226,9 +227,10 @@ def run_all(config: Config, options: LLMOptions) -> str:
                  "skipped.")
   lines = []
   for name, stage in stages:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     stats = stage(config, options)
-    lines.append(f"{name}: {stats.summary_line()}, {time.perf_counter() - start:.1f} s")
+    lines.append(f"{name}: {stats.summary_line()}, {time.perf_counter() - start:.1f} s "
+                 f"({time.process_time() - cpu_start:.1f} CPU s)")
     logging.info("%s", lines[-1])
   return "\n".join(lines)
 
