@@ -24,7 +24,7 @@ MAX_LIST_VALUES = 6  # list entries shown per field
 MAX_VALUE_CHARS = 120
 MAX_CATEGORY_VALUES = 20  # a scalar text field with at most this many distinct values is a category
 _TITLE_KEYS = ("title", "name")
-_SKIPPED_KEYS = {"url", "website", "zip", "picture_url", "pictureurl"}
+_SKIPPED_KEYS = {"url", "website", "zip", "zip_code", "picture_url", "pictureurl"}
 _GENDERS = {"M": "male", "F": "female"}
 
 
