@@ -75,9 +75,13 @@ def test_wine_item_text_uses_its_own_fields():
 def test_reader_copies_of_title_and_genres_are_shown_once():
   # The table reader keeps every column and adds `title` and `genres` copies of two of them.
   metas = [{**wine_meta(i), "title": f"Vinho {i}", "genres": [TYPES[i % 4]]} for i in range(8)]
+  metas[0]["WineName"] = metas[0]["title"] = "Red"  # a wine named like its type
   assert metadata_text.item_text(metas[1], "101", "wine") == \
       metadata_text.item_text(wine_meta(1), "101", "wine")
   assert metadata_text.category_fields(metas) == ["Type", "Grapes", "Harmonize", "RegionName"]
+  metas[0]["genres"] = ["White"]  # genres no longer copies Type on every item: both shown
+  assert metadata_text.category_fields(metas) == ["Type", "Grapes", "Harmonize", "RegionName",
+                                                  "genres"]
   assert metadata_text.item_text({"name": "Björk", "title": "Björk", "pictureURL": "x.jpg"}, "1",
                                  "artist") == "Björk"
 
@@ -230,3 +234,13 @@ def test_stage_all_on_wines_is_resumable_and_never_says_movie(tmp_path, monkeypa
   with open(os.path.join(out, "profiles.json")) as f:
     profiles = json.load(f)
   assert profiles["items"][1]["profile"].startswith("Vinho 1; type: White")
+
+
+def test_real_movielens_profiles(ml100k_dir):
+  # ML-100K item 267 is titled "unknown" with genre "unknown": genres must stay a category.
+  dataset = data_lib.load_dataset(Config(dataset="ml-100k", data_dir=ml100k_dir))
+  assert metadata_text.category_fields(dataset.item_meta) == ["genres"]
+  assert metadata_text.default_item_noun(dataset) == "movie"
+  facts = profiles_lib.user_facts(dataset, np.arange(20), 8, "movie")
+  assert all("Liked genres: " in text for text in facts)
+  assert profiles_lib.text_report(dataset)["items_without_text"] == 0

@@ -150,7 +150,8 @@ def category_fields(item_meta: list[dict[str, Any]]) -> list[str]:
   type or body), never a title, id, URL or number."""
   distinct: dict[str, set] = collections.defaultdict(set)
   listed = set()
-  numeric, title_copies = set(), set()
+  numeric = set()
+  present, copies = collections.Counter(), collections.Counter()  # title copies: on every item
   for meta in item_meta:
     title = title_key(meta)
     for key, value in meta.items():
@@ -160,15 +161,15 @@ def category_fields(item_meta: list[dict[str, Any]]) -> list[str]:
         numeric.add(key)
         continue
       values = _values(value)
-      if title and values == _values(meta[title]):
-        title_copies.add(key)
+      present[key] += 1
+      copies[key] += bool(title) and values == _values(meta[title])
       if isinstance(value, (list, tuple, np.ndarray)) or (
           isinstance(value, str) and value.startswith("[") and len(values) != 1):
         listed.add(key)
       distinct[key].update(values)
   fields, seen = [], set()
   for key, values in distinct.items():
-    if key in numeric or key in title_copies or any(re.fullmatch(r"-?[\d.]+", v)
+    if key in numeric or copies[key] == present[key] or any(re.fullmatch(r"-?[\d.]+", v)
                                                     for v in values):
       continue
     if key in listed or 2 <= len(values) <= MAX_CATEGORY_VALUES:
