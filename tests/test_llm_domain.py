@@ -242,5 +242,5 @@ def test_real_movielens_profiles(ml100k_dir):
   assert metadata_text.category_fields(dataset.item_meta) == ["genres"]
   assert metadata_text.default_item_noun(dataset) == "movie"
   facts = profiles_lib.user_facts(dataset, np.arange(20), 8, "movie")
-  assert all("Liked genres: " in text for text in facts)
+  assert all("Liked genres: " in text or "Disliked genres: " in text for text in facts)
   assert profiles_lib.text_report(dataset)["items_without_text"] == 0
