@@ -91,6 +91,8 @@ def test_item_without_text_says_so_and_gives_counts():
   assert text == ("An item with no title or description in the data (id 17); in training 34 "
                   "users liked it and 2 disliked it")
   assert not metadata_text.has_text({"ArtistID": "17"})
+  assert metadata_text.item_text({"tags": ["rock", "indie"]}, "17", "song") == \
+      "an untitled song (id 17); tags: rock, indie"
   dataset = wine_dataset()
   dataset.item_meta = [{}] * dataset.num_items
   profiles = profiles_lib.template_profiles(dataset, 5, "song")

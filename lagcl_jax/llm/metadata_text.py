@@ -132,7 +132,7 @@ def item_text(meta: dict[str, Any], raw_id: str, noun: str, liked: int = 0,
   fields = _described_fields(meta, {key, "year"} if key else {"year"})
   if key is None and not fields:
     return no_text_description(noun, raw_id, liked, disliked)
-  text = item_title(meta) if key else f"{noun} {raw_id}"
+  text = item_title(meta) if key else f"an untitled {noun} (id {raw_id})"
   year = _values(meta.get("year"))
   if year and year[0] not in text:
     text += f" ({year[0]})"
