@@ -5,7 +5,9 @@ r"""Runs one LLM stage of LAGCL4Rec (profiles, augmentation, semantic groups, re
   python launch/llm.py --flagfile=configs/llm_ml100k.cfg --stage=groups --max_users=50
   python launch/llm.py --flagfile=configs/llm_ml100k.cfg --stage=rerank --max_users=50
   python launch/llm.py --flagfile=configs/llm_ml100k.cfg --stage=throughput
+  python launch/llm.py --flagfile=configs/llm_ml100k.cfg --stage=all
 
+--stage=all runs profiles, augment and groups, then reranks --backbone_workdir when given.
 Every LLM result is cached in --cache_dir: rerunning a stage makes no LLM call for work already
 done, and an interrupted stage resumes. The data flags are those of launch/train.py.
 """
@@ -22,7 +24,7 @@ from lagcl_jax.llm import stages
 
 _STAGES = {"profiles": stages.run_profiles, "augment": stages.run_augment,
            "groups": stages.run_groups, "rerank": stages.run_rerank,
-           "throughput": stages.run_throughput}
+           "throughput": stages.run_throughput, "all": stages.run_all}
 _STAGE = flags.DEFINE_enum("stage", None, list(_STAGES), "The LLM stage to run.", required=True)
 
 

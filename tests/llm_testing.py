@@ -84,6 +84,15 @@ class FakeDriver:
         texts, lambda t: np.array([len(t), t.count("a"), 1.0], np.float32), on_batch))
 
 
+def fake_llm(cache_dir: str):
+  """A CachedLLM over a FakeDriver (batches of 4) and a fresh cache in `cache_dir`."""
+  # pylint: disable=g-import-not-at-top
+  from lagcl_jax.llm import cache as cache_lib
+  from lagcl_jax.llm import cached_llm
+  return cached_llm.CachedLLM(FakeDriver(batch_size=4), cache_lib.PromptCache(cache_dir, "test"),
+                              cached_llm.StageStats())
+
+
 def movie_dataset(num_users: int = 12, num_items: int = 30, seed: int = 0) -> Dataset:
   """Users with demographics rate ~10 items each (about 2/3 liked); titled items with genres.
 

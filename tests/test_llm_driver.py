@@ -130,7 +130,7 @@ def test_prefix_batches_keep_shared_runs_together(model_dir):
 
 def test_throughput_rows_and_table(model_dir):
   rows = throughput.measure(model_dir, "cpu", ("float32",), (1, 4), PROMPTS[:4], PROMPTS[3:],
-                            PROMPTS[:2], 3, "unused")
+                            PROMPTS[:2], 3, "unused", "You rate movies.")
   assert [(r["operation"].split(" ")[0], r["batch_size"]) for r in rows] == \
       [("score", 1), ("score", 4), ("score", 1), ("score", 4), ("generate", 1), ("generate", 4)]
   assert all(r["prompts_per_s"] > 0 and r["mean_prompt_tokens"] > 0 for r in rows)

@@ -8,8 +8,6 @@ import scipy.sparse as sp
 
 from lagcl_jax import evaluation
 from lagcl_jax.llm import augment
-from lagcl_jax.llm import cache as cache_lib
-from lagcl_jax.llm import cached_llm
 from lagcl_jax.llm import grouping
 from lagcl_jax.llm import parsing
 from lagcl_jax.llm import profiles as profiles_lib
@@ -19,9 +17,7 @@ import llm_testing
 
 @pytest.fixture
 def llm(tmp_path):
-  return cached_llm.CachedLLM(llm_testing.FakeDriver(batch_size=4),
-                              cache_lib.PromptCache(str(tmp_path), "test"),
-                              cached_llm.StageStats())
+  return llm_testing.fake_llm(str(tmp_path))
 
 
 # --- Parsing ---------------------------------------------------------------------------------
@@ -64,26 +60,26 @@ def test_resolve_ids_drops_and_counts():
 
 def test_user_facts_use_train_only():
   dataset = llm_testing.movie_dataset()
-  facts = profiles_lib.user_facts(dataset, np.arange(dataset.num_users), max_titles=20)
+  facts = profiles_lib.user_facts(dataset, np.arange(dataset.num_users), 20, "movie")
   for u, text in enumerate(facts):
     for split, present in ((dataset.train, True), (dataset.test, False), (dataset.valid, False)):
       for i in split.items[split.users == u]:
         assert (f"{dataset.item_meta[i]['title']};" in text + ";" or
                 f"{dataset.item_meta[i]['title']}." in text) == present
-  assert facts[0].startswith("Viewer: male, age 20, writer.")
+  assert facts[0].startswith("User: male, age 20, writer.\nIn training: ")
   assert "Liked genres:" in facts[0]
 
 
 def test_build_and_load_profiles_round_trip(tmp_path, llm):
   dataset = llm_testing.movie_dataset()
-  record = profiles_lib.build_profiles(dataset, np.array([0, 2]), llm, 5, 10)
+  record = profiles_lib.build_profiles(dataset, np.array([0, 2]), llm, 5, 10, "movie")
   assert [u["user_id"] for u in record["users"]] == ["u00", "u02"]
   assert len(record["items"]) == dataset.num_items and llm.stats.llm_calls == 2
   path = tmp_path / "profiles.json"
   path.write_text(json.dumps(record))
-  profiles = profiles_lib.load_profiles(str(path), dataset, 5)
+  profiles = profiles_lib.load_profiles(str(path), dataset, 5, "movie")
   assert profiles.user_text[0].endswith("Summary: " + record["users"][0]["summary"])
-  template = profiles_lib.template_profiles(dataset, 5)
+  template = profiles_lib.template_profiles(dataset, 5, "movie")
   assert profiles.user_text[1] == template.user_text[1]  # not in the file: template kept
   assert profiles.item_text == template.item_text
   assert profiles.report["users_from_file"] == 2
@@ -104,8 +100,8 @@ def test_load_paper_merged_profiles_layout(tmp_path):
   ]
   path = tmp_path / "merged_profiles.json"
   path.write_text(json.dumps(paper))
-  profiles = profiles_lib.load_profiles(str(path), dataset, 5)
-  template = profiles_lib.template_profiles(dataset, 5)
+  profiles = profiles_lib.load_profiles(str(path), dataset, 5, "movie")
+  template = profiles_lib.template_profiles(dataset, 5, "movie")
   assert profiles.user_text[1] == "Loves noir." and profiles.item_text[1] == "A noir."
   assert profiles.user_text[3] == template.user_text[3]
   assert profiles.item_text[2] == template.item_text[2]
@@ -121,11 +117,13 @@ def test_profiles_file_errors(tmp_path):
   bad = tmp_path / "bad.json"
   bad.write_text("{\n  \"users\": [")
   with pytest.raises(ValueError, match="bad.json, line 2"):
-    profiles_lib.load_profiles(str(bad), dataset, 5)
+    profiles_lib.load_profiles(str(bad), dataset, 5, "movie")
   with pytest.raises(FileNotFoundError, match="profiles_file"):
-    profiles_lib.profiles_for_stage(str(tmp_path / "missing.json"), True, dataset, 5)
-  fallback = profiles_lib.profiles_for_stage(str(tmp_path / "missing.json"), False, dataset, 5)
-  assert fallback.user_text == profiles_lib.template_profiles(dataset, 5).user_text
+    profiles_lib.profiles_for_stage(str(tmp_path / "missing.json"), True, dataset, 5,
+                                   "movie")
+  fallback = profiles_lib.profiles_for_stage(str(tmp_path / "missing.json"), False, dataset, 5,
+                                              "movie")
+  assert fallback.user_text == profiles_lib.template_profiles(dataset, 5, "movie").user_text
 
 
 # --- Augmentation ----------------------------------------------------------------------------
@@ -140,7 +138,7 @@ def test_candidates_are_unseen_top_then_random():
   candidates = augment.candidate_items(dataset, users, user_emb, item_emb, 4, 5, seed=7)
   for u, items in zip(users, candidates):
     known = set()
-    for split in (dataset.train, dataset.valid, dataset.test):
+    for split in (dataset.train, dataset.valid):  # test rows are not consulted
       known |= set(split.items[split.users == u].tolist())
     unseen = [i for i in np.argsort(-(user_emb[u] @ item_emb.T), kind="stable") if i not in known]
     assert items[:4].tolist() == unseen[:4]
@@ -160,7 +158,7 @@ def test_choose_balanced():
 
 def test_augment_rows_and_file(tmp_path, llm):
   dataset = llm_testing.movie_dataset()
-  profiles = profiles_lib.template_profiles(dataset, 5)
+  profiles = profiles_lib.template_profiles(dataset, 5, "movie")
   users = np.array([1, 4], np.int32)
   candidates = augment.candidate_items(dataset, users, *augment.popularity_embeddings(dataset),
                                        3, 4, seed=0)
@@ -174,7 +172,14 @@ def test_augment_rows_and_file(tmp_path, llm):
   lines = path.read_text().splitlines()
   assert lines[0].split("\t")[0] == "u01" and {l.split("\t")[2] for l in lines} == {"1", "-1"}
   provenance = json.loads((tmp_path / "augment.provenance.json").read_text())
-  assert provenance == {"model": "fake", "rows": 8, "positives": 4, "negatives": 4}
+  keys = set(zip(dataset.test.users.tolist(), dataset.test.items.tolist()))
+  in_test = [(u, i) in keys for u, i in zip(rows.users.tolist(), rows.items.tolist())]
+  assert provenance == {"model": "fake", "rows": 8, "positives": 4, "negatives": 4,
+                        "test_pair_rows": sum(in_test),
+                        "test_pair_positives": sum(t and l > 0 for t, l in
+                                                   zip(in_test, rows.labels.tolist())),
+                        "test_pair_negatives": sum(t and l < 0 for t, l in
+                                                   zip(in_test, rows.labels.tolist()))}
 
 
 # --- Grouping --------------------------------------------------------------------------------
@@ -208,11 +213,16 @@ def test_kmeans_edge_cases():
 def test_semantic_groups_layout_and_files(tmp_path, llm):
   texts = [f"text {'a' * (i % 3)} {i}" for i in range(9)]
   raw_ids = [f"id{i}" for i in range(9)]
-  groups = grouping.semantic_groups(llm, "item", raw_ids, texts, 3, 0, 2, 50, 20)
+  groups, report = grouping.semantic_groups(llm, "item", raw_ids, texts, 3, 0, 2, 50, 20,
+                                            "wine")
   assert [g["group_id"] for g in groups] == ["group_1", "group_2", "group_3"]
   assert sorted(m for g in groups for m in g["members"]) == sorted(raw_ids)
   assert llm.stats.parse_failures == 3  # the fake driver's answers are not descriptions
   assert groups[0]["group_name"] == "Item group 1" and groups[0]["key_characteristics"] == []
+  assert [g["description"] for g in groups] == ["fallback"] * 3
+  assert (report["requested_groups"], report["groups"], report["parse_failures"]) == (3, 3, 3)
+  assert [f["group_id"] for f in report["fallbacks"]] == ["group_1", "group_2", "group_3"]
+  assert report["fallbacks"][0]["answer"].startswith("answer to ")
   text_path, json_path = grouping.write_groups(str(tmp_path), "item", groups)
   from lagcl_jax import groups as groups_lib  # pylint: disable=g-import-not-at-top
   ids = np.array(raw_ids)
@@ -283,7 +293,7 @@ def test_rerank_run_with_alpha_one_reproduces_evaluation(tmp_path, llm):
   from lagcl_jax.config import Config  # pylint: disable=g-import-not-at-top
   dataset = llm_testing.movie_dataset()
   run = _Run(dataset, Config(top_k=(5, 10), select_metric="valid/ndcg@10"))
-  profiles = profiles_lib.template_profiles(dataset, 5)
+  profiles = profiles_lib.template_profiles(dataset, 5, "movie")
   result = rerank.rerank_run(run, llm, profiles, 10, (1.0,), "minmax")
   expected = evaluation.evaluate(run.user_embeddings, run.item_embeddings, dataset, "test",
                                  (5, 10))

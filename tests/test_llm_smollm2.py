@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(not offline_model.is_installed(),
 
 MODEL_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            ".cache", "models")
-QUESTIONS = [prompts.preference_prompt("Liked movies: Star Wars (1977); Alien (1979).", movie)
+QUESTIONS = [prompts.preference_prompt("Liked movies: Star Wars (1977); Alien (1979).", movie,
+                                       "movie")
              for movie in ("Aliens (1986); genres: Action, Sci-Fi",
                            "Sleepless in Seattle (1993); genres: Comedy, Romance")]
 
@@ -28,7 +29,7 @@ QUESTIONS = [prompts.preference_prompt("Liked movies: Star Wars (1977); Alien (1
 @pytest.fixture(scope="module")
 def drivers():
   return {dtype: driver_lib.Driver(options.OFFLINE_MODEL, dtype, "cpu", 4,
-                                   prompts.SYSTEM_PROMPT, MODEL_CACHE)
+                                   prompts.system_prompt("movie"), MODEL_CACHE)
           for dtype in ("float32", "bfloat16")}
 
 
@@ -49,6 +50,7 @@ def test_scores_finite_deterministic_and_dtypes_agree(drivers):
 
 
 def test_generates_text(drivers):
-  answers = drivers["float32"].generate([prompts.summary_prompt("Liked movies: Heat (1995).")],
+  answers = drivers["float32"].generate([prompts.summary_prompt("Liked movies: Heat (1995).",
+                                                               "movie")],
                                         12)
   assert len(answers) == 1 and answers[0].strip()

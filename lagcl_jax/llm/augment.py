@@ -1,7 +1,9 @@
 """Balanced LLM augmentation of the train interactions.
 
-Per user, the candidates are the backbone's top unseen items plus random unseen items, never
-an item of the user's train, validation or test rows. The LLM's preference margin of each
+Per user, the candidates are the backbone's top unseen items plus random unseen items: items
+outside the user's train and validation rows. The test split is not consulted (it never shapes
+training data), so a candidate may be one of the user's test items; the provenance counts how
+many written rows are (see the README, "Augmentation and the test split"). The LLM's preference margin of each
 candidate picks the k most liked (label +1) and the k least liked (label -1). The result is the
 paper's `user<TAB>item<TAB>label` file with raw ids (read by training through
 `--augment_file`), with a provenance JSON beside it.
@@ -30,10 +32,11 @@ def popularity_embeddings(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 def candidate_items(dataset: Dataset, users: np.ndarray, user_emb: np.ndarray,
                     item_emb: np.ndarray, num_top: int, num_random: int,
                     seed: int) -> list[np.ndarray]:
-  """Per user: the top `num_top` unseen items by score, then `num_random` other unseen items
-  drawn with a per-user seed (so a user's candidates do not depend on sharding)."""
+  """Per user: the top `num_top` items outside the user's train and validation rows by score,
+  then `num_random` other such items drawn with a per-user seed (so a user's candidates do not
+  depend on sharding). Test rows are not looked at."""
   known = evaluation.interaction_matrix(dataset.num_users, dataset.num_items, dataset.train,
-                                        dataset.valid, dataset.test)
+                                        dataset.valid)
   top = np.zeros((len(users), 0), np.int32)
   if num_top > 0 and len(users):
     top, scores = evaluation.top_k_items(user_emb, item_emb, users, known, num_top)
@@ -81,12 +84,24 @@ def provenance_path(path: str) -> str:
   return os.path.splitext(path)[0] + ".provenance.json"
 
 
+def test_overlap(dataset: Dataset, rows: Interactions) -> dict[str, int]:
+  """How many augmented rows are a (user, item) pair of the test split, by label. Counted after
+  the rows are chosen, for the provenance only."""
+  keys = rows.users.astype(np.int64) * dataset.num_items + rows.items
+  test_keys = dataset.test.users.astype(np.int64) * dataset.num_items + dataset.test.items
+  in_test = np.isin(keys, test_keys)
+  return {"test_pair_rows": int(in_test.sum()),
+          "test_pair_positives": int((in_test & (rows.labels > 0)).sum()),
+          "test_pair_negatives": int((in_test & (rows.labels < 0)).sum())}
+
+
 def write_augmentation(path: str, dataset: Dataset, rows: Interactions,
                        provenance: dict[str, Any]) -> None:
-  """Writes the rows as `raw_user<TAB>raw_item<TAB>±1` and the provenance JSON beside them."""
+  """Writes the rows as `raw_user<TAB>raw_item<TAB>±1` and the provenance JSON beside them
+  (with the rows' overlap with test pairs)."""
   reporting.atomic_write_text(path, "".join(
       f"{dataset.user_ids[u]}\t{dataset.item_ids[i]}\t{int(l)}\n"
       for u, i, l in zip(rows.users.tolist(), rows.items.tolist(), rows.labels.tolist())))
   reporting.write_json(provenance_path(path), {
       **provenance, "rows": len(rows), "positives": int((rows.labels > 0).sum()),
-      "negatives": int((rows.labels < 0).sum())})
+      "negatives": int((rows.labels < 0).sum()), **test_overlap(dataset, rows)})

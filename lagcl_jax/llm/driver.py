@@ -6,9 +6,11 @@ system message) or, for a tokenizer without one, in a plain `System:/User:/Assis
 Batches are left-padded with explicit position ids, so a prompt's result does not depend on the
 other prompts of its batch (up to floating-point rounding). For scoring, prompts that share a
 long beginning (one user's profile before many candidates) are batched together and the shared
-tokens are run once, their key-value cache reused by every row: 3-4x faster on CPU.
+tokens are run once, their key-value cache reused by every row (and by the next batch when it
+shares them too): 3-4x faster on CPU.
 """
 
+import copy
 import hashlib
 import os
 from typing import Any, Callable, Optional
@@ -101,6 +103,7 @@ class Driver:
     self.identity = f"{model_identity(model)}|{self.dtype}"
     self._model = None
     self._tokenizer = None
+    self._last_prefix = None  # (tokens, key-value cache) of the last shared prefix run
 
   @property
   def is_loaded(self) -> bool:
@@ -186,9 +189,7 @@ class Driver:
     if len(sequences) == 1 or shared < _MIN_SHARED_PREFIX:
       logits = self._model(**self._padded(sequences), logits_to_keep=width).logits
       return torch.log_softmax(logits.float(), -1)
-    prefix = self._model(input_ids=torch.tensor([sequences[0][:shared]]).to(self._model.device),
-                         use_cache=True, logits_to_keep=1)
-    cache = prefix.cache
+    cache, shared = self._prefix_cache(sequences[0], shared)
     cache.batch_repeat_interleave(len(sequences))
     # Suffixes are left-padded after the prefix, so every row ends at the last position and
     # only the last `width` positions need logits.
@@ -198,6 +199,23 @@ class Driver:
          inputs["attention_mask"]], 1)
     logits = self._model(**inputs, cache=cache, logits_to_keep=width).logits
     return torch.log_softmax(logits.float(), -1)
+
+  def _prefix_cache(self, sequence: list[int], shared: int) -> tuple[Any, int]:
+    """A copy of the key-value cache of `sequence[:length]` and that length (<= shared).
+
+    The last prefix run is kept: when the previous batch's prefix begins `sequence` (the next
+    batch of one user's candidates, or the same user's prompts in the next call), it is reused
+    instead of run again.
+    """
+    if self._last_prefix is not None:
+      tokens, cache = self._last_prefix
+      if _MIN_SHARED_PREFIX <= len(tokens) <= shared and sequence[:len(tokens)] == tokens:
+        return copy.deepcopy(cache), len(tokens)
+    tokens = sequence[:shared]
+    output = self._model(input_ids=torch.tensor([tokens]).to(self._model.device),
+                         use_cache=True, logits_to_keep=1)
+    self._last_prefix = (tokens, output.cache)
+    return copy.deepcopy(output.cache), shared
 
   def prompt_lengths(self, prompts: list[str]) -> list[int]:
     """Token counts of the prompts as fed to the model (chat template included)."""

@@ -1,13 +1,14 @@
 """Semantic groups from profiles: profile texts are embedded (the LM's mean last hidden state),
 clustered with seeded k-means, and each cluster is named and described by the LLM. Written in
 the paper's layout (`user_group.txt` / `item_group.txt` as `id,group` lines, and the grouping
-JSON: a list of {group_id, group_name, key_characteristics, reasoning, members}), which training
-reads unchanged with `--groups=files`.
+JSON: a list of {group_id, group_name, key_characteristics, reasoning, members}, plus
+`description`: "llm" or "fallback"), which training reads unchanged with `--groups=files`.
 """
 
 import os
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from lagcl_jax import reporting
@@ -67,12 +68,22 @@ def normalise_embeddings(embeddings: np.ndarray) -> np.ndarray:
 
 def semantic_groups(llm: cached_llm.CachedLLM, kind: str, raw_ids: list[str], texts: list[str],
                     num_groups: int, seed: int, examples: int, max_iters: int,
-                    max_new_tokens: int) -> list[dict[str, Any]]:
+                    max_new_tokens: int, noun: str
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Groups of the given users or items (kind "user" / "item"), largest first, in the paper's
-  JSON layout. A description that does not parse is a counted parse failure and gets a plain
-  name and no characteristics."""
+  JSON layout, and a report for the provenance.
+
+  Fewer users or items than `num_groups` makes as many groups as there are members (warned).
+  A description that does not parse is a counted parse failure and gets a plain name and no
+  characteristics; each group's `description` field says "llm" or "fallback", and the report
+  lists the fallback groups with the model's raw answer.
+  """
+  report: dict[str, Any] = {"requested_groups": num_groups, "members": len(texts)}
+  if len(texts) < num_groups:
+    logging.warning("groups: only %d %ss for --num_%s_groups=%d: making %d groups.", len(texts),
+                    kind, kind, num_groups, len(texts))
   if not texts:
-    return []
+    return [], {**report, "groups": 0, "parse_failures": 0, "fallbacks": []}
   points = normalise_embeddings(llm.embed(texts, f"groups: embed {kind}s"))
   labels, centroids = kmeans(points, num_groups, seed, max_iters)
   clusters = sorted(range(centroids.shape[0]), key=lambda c: (-np.sum(labels == c), c))
@@ -83,18 +94,22 @@ def semantic_groups(llm: cached_llm.CachedLLM, kind: str, raw_ids: list[str], te
                               [:, 0], kind="stable")[:examples]]
     members.append(rows)
     example_texts.append([texts[r][:MAX_EXAMPLE_CHARS] for r in closest])
-  answers = llm.generate([prompts.group_prompt(kind, e) for e in example_texts], max_new_tokens,
-                         f"groups: describe {kind} groups")
-  groups = []
+  answers = llm.generate([prompts.group_prompt(kind, e, noun) for e in example_texts],
+                         max_new_tokens, f"groups: describe {kind} groups")
+  groups, fallbacks = [], []
   for number, (rows, answer) in enumerate(zip(members, answers), 1):
     description = parsing.parse_group_description(answer)
+    source = "llm"
     if description is None:
       llm.stats.parse_failures += 1
+      source = "fallback"
       description = {"group_name": f"{kind.capitalize()} group {number}",
                      "key_characteristics": [], "reasoning": ""}
-    groups.append({"group_id": f"group_{number}", **description,
+      fallbacks.append({"group_id": f"group_{number}", "answer": answer})
+    groups.append({"group_id": f"group_{number}", **description, "description": source,
                    "members": [raw_ids[r] for r in rows.tolist()]})
-  return groups
+  report.update(groups=len(groups), parse_failures=len(fallbacks), fallbacks=fallbacks)
+  return groups, report
 
 
 def write_groups(directory: str, kind: str, groups: list[dict[str, Any]]) -> tuple[str, str]:

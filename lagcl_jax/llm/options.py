@@ -36,6 +36,8 @@ class LLMOptions:
   llm_seed: int = setting(0, "seed of random candidates and k-means")
 
   # --- Stages -------------------------------------------------------------------------------
+  item_noun: str = setting("", "what the items are, in prompts (movie, wine, artist, song); "
+                          "'' = 'movie' for MovieLens data, else 'item'")
   backbone_workdir: str = setting("", "trained run whose top items are the candidates (augment, "
                                  "rerank); '' = most popular unseen items (augment only)")
   profiles_file: str = setting("", "profiles to read ('' = <llm_dir>/profiles.json); also "

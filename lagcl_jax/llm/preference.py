@@ -13,7 +13,8 @@ def preference_margins(llm: cached_llm.CachedLLM, profiles: profiles_lib.Profile
                        users: np.ndarray, items: np.ndarray, description: str) -> np.ndarray:
   """float64 [n] margins of the (users[j], items[j]) pairs; NaN (and a counted parse failure)
   where the model gave a non-finite log-probability."""
-  texts = [prompts.preference_prompt(profiles.user_text[u], profiles.item_text[i])
+  texts = [prompts.preference_prompt(profiles.user_text[u], profiles.item_text[i],
+                                     profiles.noun)
            for u, i in zip(users.tolist(), items.tolist())]
   log_probs = llm.score(texts, [prompts.YES, prompts.NO], description).astype(np.float64)
   margins = log_probs[:, 0] - log_probs[:, 1]

@@ -1,6 +1,6 @@
-"""Text profiles: per user from train interactions only (demographics, liked and disliked titles
-and genres) with an optional one-sentence LLM summary, per item from metadata (title, year,
-genres). Written as JSON; read back from that layout or from the paper's merged_profiles.json
+"""Text profiles: per user from train interactions only (demographics, liked and disliked titles,
+net liked and disliked categories) with an optional one-sentence LLM summary, per item from its
+metadata, any domain (`metadata_text`). Written as JSON; read back from that layout or from the paper's merged_profiles.json
 (a list of {user_id, user_profile: {summarization}, positive_items: [{item_id, item_profile}],
 negative_items: [...]})."""
 
@@ -15,72 +15,93 @@ import numpy as np
 
 from lagcl_jax.data_types import Dataset
 from lagcl_jax.llm import cached_llm
+from lagcl_jax.llm import metadata_text
 from lagcl_jax.llm import parsing
 from lagcl_jax.llm import prompts
 
 FORMAT = "lagcl_jax.profiles"
-_GENDERS = {"M": "male", "F": "female"}
 
 
 @dataclasses.dataclass
 class Profiles:
-  """Prompt-ready texts per internal user and item, and counts from reading them."""
+  """Prompt-ready texts per internal user and item, the items' noun ("movie", "wine"), and
+  counts from reading them."""
   user_text: list[str]
   item_text: list[str]
+  noun: str
   report: dict[str, Any]
 
 
-def item_facts(meta: dict[str, Any], raw_id: str) -> str:
-  """E.g. "Toy Story (1995); genres: Animation, Comedy" (the raw id when there is no title)."""
-  text = meta.get("title") or f"movie {raw_id}"
-  if meta.get("year") and str(meta["year"]) not in text:
-    text += f" ({meta['year']})"
-  if meta.get("genres"):
-    text += f"; genres: {', '.join(meta['genres'])}"
-  return text
+def _train_counts(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """Per item: the number of train likes and dislikes."""
+  train = dataset.train
+  return (np.bincount(train.items[train.labels > 0], minlength=dataset.num_items),
+          np.bincount(train.items[train.labels < 0], minlength=dataset.num_items))
 
 
-def _demographics(meta: dict[str, Any]) -> str:
-  parts = []
-  if meta.get("gender"):
-    parts.append(_GENDERS.get(meta["gender"], str(meta["gender"])))
-  if meta.get("age") not in (None, ""):
-    parts.append(f"age {meta['age']}")
-  if meta.get("occupation"):
-    parts.append(str(meta["occupation"]))
-  return ", ".join(parts)
+def item_texts(dataset: Dataset, noun: str) -> list[str]:
+  """Every item's profile text from its metadata (see `metadata_text.item_text`)."""
+  liked, disliked = _train_counts(dataset)
+  return [metadata_text.item_text(m, r, noun, int(l), int(d)) for m, r, l, d in
+          zip(dataset.item_meta, dataset.item_ids.tolist(), liked.tolist(), disliked.tolist())]
 
 
-def _top_genres(dataset: Dataset, items: np.ndarray, count: int) -> list[str]:
-  counter = collections.Counter(g for i in items for g in dataset.item_meta[i].get("genres", []))
-  return [genre for genre, _ in counter.most_common(count)]
+def net_categories(item_categories: list[list[str]], liked: np.ndarray, disliked: np.ndarray,
+                   num_liked: int, num_disliked: int) -> tuple[list[str], list[str]]:
+  """A user's liked and disliked categories by net preference.
+
+  net(c) = (liked items in c) - (disliked items in c). Liked: net > 0, largest net first;
+  disliked: net < 0, most negative first (ties: more items, then name). So no category is
+  both liked and disliked.
+  """
+  counts = collections.defaultdict(lambda: [0, 0])
+  for column, items in ((0, liked), (1, disliked)):
+    for i in items.tolist():
+      for category in item_categories[i]:
+        counts[category][column] += 1
+  net = {c: up - down for c, (up, down) in counts.items()}
+  liked_order = sorted((c for c in net if net[c] > 0),
+                       key=lambda c: (-net[c], -counts[c][0], c))
+  disliked_order = sorted((c for c in net if net[c] < 0),
+                          key=lambda c: (net[c], -counts[c][1], c))
+  return liked_order[:num_liked], disliked_order[:num_disliked]
 
 
-def user_facts(dataset: Dataset, users: np.ndarray, max_titles: int) -> list[str]:
-  """The template profile of each user, from train rows only; the most popular titles first."""
+def user_facts(dataset: Dataset, users: np.ndarray, max_titles: int, noun: str) -> list[str]:
+  """The template profile of each user, from train rows only: demographics, counts, the most
+  popular liked and disliked titles, and per category field (e.g. genres) the net liked and
+  disliked categories."""
   train = dataset.train
   popularity = np.bincount(train.items[train.labels > 0], minlength=dataset.num_items)
   order = np.lexsort((train.items, -popularity[train.items], train.users))
   by_user = train.select(order)
   starts = np.searchsorted(by_user.users, np.arange(dataset.num_users + 1))
+  titles = [metadata_text.item_title(m) for m in dataset.item_meta]
+  fields = {field: [metadata_text.item_categories(m, field) for m in dataset.item_meta]
+            for field in metadata_text.category_fields(dataset.item_meta)}
+  nouns = metadata_text.plural(noun)
   texts = []
   for u in users:
     rows = slice(starts[u], starts[u + 1])
     items, labels = by_user.items[rows], by_user.labels[rows]
     liked, disliked = items[labels > 0], items[labels < 0]
     lines = []
-    demographics = _demographics(dataset.user_meta[u])
+    demographics = metadata_text.user_text(dataset.user_meta[u])
     if demographics:
-      lines.append(f"Viewer: {demographics}.")
-    for name, chosen, genres in (("Liked", liked, 3), ("Disliked", disliked, 2)):
-      if chosen.size:
-        titles = [dataset.item_meta[i].get("title") or f"movie {dataset.item_ids[i]}"
-                  for i in chosen[:max_titles]]
-        lines.append(f"{name} movies: {'; '.join(titles)}.")
-        top = _top_genres(dataset, chosen, genres)
-        if top:
-          lines.append(f"{name} genres: {', '.join(top)}.")
-    texts.append("\n".join(lines) or "No known ratings.")
+      lines.append(f"User: {demographics}.")
+    if items.size:
+      lines.append(f"In training: {liked.size} liked and {disliked.size} disliked {nouns}.")
+    for name, chosen in (("Liked", liked), ("Disliked", disliked)):
+      named = [titles[i] for i in chosen.tolist() if titles[i]][:max_titles]
+      if named:
+        lines.append(f"{name} {nouns}: {'; '.join(named)}.")
+    for field, categories in fields.items():
+      label = metadata_text.field_label(field)
+      for name, values in zip(("Liked", "Disliked"),
+                              net_categories(categories, liked, disliked, 3, 2)):
+        if values:
+          lines.append(f"{name} {label}: {', '.join(values)}.")
+    texts.append("\n".join(lines) or "No ratings in training.")
   return texts
 
 
@@ -88,25 +109,36 @@ def _user_text(facts: str, summary: Optional[str]) -> str:
   return f"{facts}\nSummary: {summary}" if summary else facts
 
 
-def template_profiles(dataset: Dataset, max_titles: int) -> Profiles:
+def template_profiles(dataset: Dataset, max_titles: int, noun: str) -> Profiles:
   """Profiles of every user and item without any LLM output."""
   users = np.arange(dataset.num_users)
-  return Profiles(
-      user_text=user_facts(dataset, users, max_titles),
-      item_text=[item_facts(m, r) for m, r in zip(dataset.item_meta, dataset.item_ids.tolist())],
-      report={})
+  return Profiles(user_text=user_facts(dataset, users, max_titles, noun),
+                  item_text=item_texts(dataset, noun), noun=noun, report={})
+
+
+def text_report(dataset: Dataset) -> dict[str, Any]:
+  """What the item texts are made of: the category fields found and how many items the data
+  does not describe (logged as a warning: those are described by interaction counts only)."""
+  without = sum(not metadata_text.has_text(m) for m in dataset.item_meta)
+  if without:
+    logging.warning("%d of %d items have no title or other text in the data: their profiles "
+                    "say so and give only their train like/dislike counts%s.", without,
+                    dataset.num_items, " (this data set has no item text at all, so the LLM "
+                    "sees interaction counts only)" if without == dataset.num_items else "")
+  return {"items_without_text": without,
+          "category_fields": metadata_text.category_fields(dataset.item_meta)}
 
 
 def build_profiles(dataset: Dataset, users: np.ndarray, llm: Optional[cached_llm.CachedLLM],
-                   max_titles: int, max_new_tokens: int) -> dict[str, Any]:
+                   max_titles: int, max_new_tokens: int, noun: str) -> dict[str, Any]:
   """The profiles JSON of `users` (all items always); summaries when `llm` is given.
 
   An empty or unusable summary counts as a parse failure and is left out.
   """
-  facts = user_facts(dataset, users, max_titles)
+  facts = user_facts(dataset, users, max_titles, noun)
   summaries: list[Optional[str]] = [None] * len(facts)
   if llm is not None:
-    answers = llm.generate([prompts.summary_prompt(f) for f in facts], max_new_tokens,
+    answers = llm.generate([prompts.summary_prompt(f, noun) for f in facts], max_new_tokens,
                            "profiles: summaries")
     summaries = [parsing.clean_summary(a) for a in answers]
     llm.stats.parse_failures += sum(s is None for s in summaries)
@@ -114,8 +146,8 @@ def build_profiles(dataset: Dataset, users: np.ndarray, llm: Optional[cached_llm
       "format": FORMAT,
       "users": [{"user_id": dataset.user_ids[u], "facts": f, "summary": s}
                 for u, f, s in zip(users.tolist(), facts, summaries)],
-      "items": [{"item_id": r, "profile": item_facts(m, r)}
-                for m, r in zip(dataset.item_meta, dataset.item_ids.tolist())],
+      "items": [{"item_id": r, "profile": t}
+                for r, t in zip(dataset.item_ids.tolist(), item_texts(dataset, noun))],
   }
 
 
@@ -144,7 +176,7 @@ def _apply(texts: list[str], entries: list[dict], id_field: str, text_of, index:
   report[f"{kind}s_from_file"] = int((internal >= 0).sum()) - empty
 
 
-def load_profiles(path: str, dataset: Dataset, max_titles: int) -> Profiles:
+def load_profiles(path: str, dataset: Dataset, max_titles: int, noun: str) -> Profiles:
   """Reads a profiles JSON (this module's layout or the paper's); users and items the file
   lacks keep their template profile. Never raises on bad entries: they are counted in
   `report` (and logged)."""
@@ -153,7 +185,7 @@ def load_profiles(path: str, dataset: Dataset, max_titles: int) -> Profiles:
       data = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}, line {e.lineno}: invalid JSON ({e.msg})") from e
-  profiles = template_profiles(dataset, max_titles)
+  profiles = template_profiles(dataset, max_titles, noun)
   users = {r: u for u, r in enumerate(dataset.user_ids.tolist())}
   items = {r: i for i, r in enumerate(dataset.item_ids.tolist())}
   report: dict[str, Any] = {"file": path}
@@ -181,13 +213,14 @@ def load_profiles(path: str, dataset: Dataset, max_titles: int) -> Profiles:
   return profiles
 
 
-def profiles_for_stage(path: str, explicit: bool, dataset: Dataset, max_titles: int) -> Profiles:
+def profiles_for_stage(path: str, explicit: bool, dataset: Dataset, max_titles: int,
+                       noun: str) -> Profiles:
   """The stage's profiles: the file when present; template profiles when the default file does
   not exist yet (an explicitly given file must exist)."""
   if os.path.exists(path):
-    return load_profiles(path, dataset, max_titles)
+    return load_profiles(path, dataset, max_titles, noun)
   if explicit:
     raise FileNotFoundError(f"--profiles_file={path}: no such file.")
   logging.warning("No profiles at %s: using template profiles without LLM summaries "
                   "(run --stage=profiles first to add them).", path)
-  return template_profiles(dataset, max_titles)
+  return template_profiles(dataset, max_titles, noun)

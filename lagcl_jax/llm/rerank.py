@@ -43,12 +43,16 @@ def cf_candidates(run, split: str, top_n: int, batch_size: int = 1024) -> Candid
 
 
 def llm_scores(llm: cached_llm.CachedLLM, profiles: profiles_lib.Profiles,
-               candidates: Candidates, description: str) -> np.ndarray:
-  """Preference margins [n, N] of the candidates (NaN where the model failed)."""
-  n, width = candidates.items.shape
-  margins = preference.preference_margins(
-      llm, profiles, np.repeat(candidates.users, width), candidates.items.ravel(), description)
-  return margins.reshape(n, width)
+               splits: list[Candidates], description: str) -> list[np.ndarray]:
+  """Preference margins [n, N] of each split's candidates (NaN where the model failed), in one
+  request: a user's valid and test candidates share their profile prefix and a pair in both is
+  scored once."""
+  users = np.concatenate([np.repeat(c.users, c.items.shape[1]) for c in splits])
+  items = np.concatenate([c.items.ravel() for c in splits])
+  margins = preference.preference_margins(llm, profiles, users, items, description)
+  sizes = [c.items.size for c in splits]
+  parts = np.split(margins, np.cumsum(sizes)[:-1])
+  return [part.reshape(c.items.shape) for part, c in zip(parts, splits)]
 
 
 def normalise(scores: np.ndarray, method: str) -> np.ndarray:
@@ -129,15 +133,17 @@ def rerank_run(run, llm: cached_llm.CachedLLM, profiles: profiles_lib.Profiles, 
   if not ks or int(select_metric.split("@")[-1]) > top_n:
     raise ValueError(f"--rerank_top_n={top_n} is below the cut-offs top_k={config.top_k} / "
                      f"select_metric={config.select_metric}.")
-  scored = []
+  splits = []
   for split in ("valid", "test"):
     candidates = cf_candidates(run, split, top_n, config.eval_batch_size)
     if keep_users is not None:
       candidates = candidates.select(np.isin(candidates.users, keep_users))
     if not candidates.users.size:
       raise ValueError(f"No {split} user left to rerank among the selected users.")
-    scored += [candidates, llm_scores(llm, profiles, candidates, f"rerank: {split}")]
-  result = rerank_evaluation(*scored, alphas, method, ks, select_metric)
+    splits.append(candidates)
+  valid_llm, test_llm = llm_scores(llm, profiles, splits, "rerank: valid and test")
+  result = rerank_evaluation(splits[0], valid_llm, splits[1], test_llm, alphas, method, ks,
+                             select_metric)
   result.metrics["top_n"] = top_n
   return result
 

@@ -3,7 +3,7 @@ launch/evaluate.py --rerank).
 
 Outputs, in `--llm_dir`: profiles.json; augment.txt and augment.provenance.json;
 user_group.txt, item_group.txt, user_group.json, item_group.json and groups.provenance.json;
-rerank.json and rerank_test.tsv. A sharded run (`--num_shards` > 1) only fills the prompt cache
+rerank.json and rerank_test.tsv; `run_all` chains them. A sharded run (`--num_shards` > 1) only fills the prompt cache
 with its share of the users; an unsharded run over the merged cache then writes the outputs
 without new LLM calls.
 """
@@ -24,6 +24,7 @@ from lagcl_jax.llm import cache as cache_lib
 from lagcl_jax.llm import cached_llm
 from lagcl_jax.llm import driver as driver_lib
 from lagcl_jax.llm import grouping
+from lagcl_jax.llm import metadata_text
 from lagcl_jax.llm import profiles as profiles_lib
 from lagcl_jax.llm import prompts
 from lagcl_jax.llm import rerank as rerank_lib
@@ -31,13 +32,18 @@ from lagcl_jax.llm import throughput
 from lagcl_jax.llm.options import LLMOptions
 
 
-def open_llm(options: LLMOptions, stage: str) -> cached_llm.CachedLLM:
+def item_noun(options: LLMOptions, dataset: Dataset) -> str:
+  """--item_noun, or by default 'movie' for MovieLens data and 'item' otherwise."""
+  return options.item_noun or metadata_text.default_item_noun(dataset)
+
+
+def open_llm(options: LLMOptions, stage: str, noun: str) -> cached_llm.CachedLLM:
   """The stage's cached LLM; the model itself loads only if a prompt misses the cache."""
   if not 0 <= options.shard_index < options.num_shards:
     raise ValueError(f"--shard_index={options.shard_index} must be in [0, --num_shards="
                      f"{options.num_shards}).")
   driver = driver_lib.Driver(options.llm_model, options.llm_dtype, options.llm_device,
-                             options.llm_batch_size, prompts.SYSTEM_PROMPT,
+                             options.llm_batch_size, prompts.system_prompt(noun),
                              options.model_cache_dir)
   writer = f"{stage}-shard{options.shard_index}of{options.num_shards}"
   cache = cache_lib.PromptCache(options.prompt_cache_dir, writer)
@@ -66,16 +72,18 @@ def _writes_outputs(options: LLMOptions, stage: str) -> bool:
   return True
 
 
-def _provenance(options: LLMOptions, llm: cached_llm.CachedLLM, **extra) -> dict[str, Any]:
-  return {"model": options.llm_model, "model_identity": llm.driver.identity,
-          "prompt_version": prompts.PROMPT_VERSION, "system_prompt": prompts.SYSTEM_PROMPT,
+def _provenance(options: LLMOptions, llm: cached_llm.CachedLLM, noun: str,
+                **extra) -> dict[str, Any]:
+  return {"model": options.llm_model, "model_identity": llm.driver.identity, "item_noun": noun,
+          "prompt_version": prompts.PROMPT_VERSION, "system_prompt": llm.driver.system_prompt,
           "max_users": options.max_users, "seed": options.llm_seed,
           "created": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
 
 
 def _profiles(options: LLMOptions, dataset: Dataset) -> profiles_lib.Profiles:
   return profiles_lib.profiles_for_stage(options.profiles_path, bool(options.profiles_file),
-                                         dataset, options.profile_max_titles)
+                                         dataset, options.profile_max_titles,
+                                         item_noun(options, dataset))
 
 
 def _load_run(options: LLMOptions):
@@ -86,15 +94,17 @@ def _load_run(options: LLMOptions):
 def run_profiles(config: Config, options: LLMOptions) -> cached_llm.StageStats:
   """User (train only) and item profiles, with LLM summaries -> <llm_dir>/profiles.json."""
   dataset = data_lib.load_dataset(config)
-  llm = open_llm(options, "profiles")
+  noun = item_noun(options, dataset)
+  text = profiles_lib.text_report(dataset)
+  llm = open_llm(options, "profiles", noun)
   users = selected_users(dataset.num_users, options)
   record = profiles_lib.build_profiles(
       dataset, users, llm if options.summarize_profiles else None, options.profile_max_titles,
-      options.llm_max_new_tokens)
+      options.llm_max_new_tokens, noun)
   if _writes_outputs(options, "profiles"):
     path = os.path.join(options.llm_dir, "profiles.json")
     reporting.write_json(path, {**record, "provenance": _provenance(
-        options, llm, summaries=options.summarize_profiles)})
+        options, llm, noun, summaries=options.summarize_profiles, **text)})
     logging.info("Wrote %s (%d users, %d items).", path, len(record["users"]),
                  len(record["items"]))
   return llm.stats
@@ -113,7 +123,7 @@ def run_augment(config: Config, options: LLMOptions) -> cached_llm.StageStats:
   logging.info("augment: candidates = %d %s + %d random unseen items per user.",
                options.top_candidates, source, options.random_candidates)
   profiles = _profiles(options, dataset)
-  llm = open_llm(options, "augment")
+  llm = open_llm(options, "augment", profiles.noun)
   users = selected_users(dataset.num_users, options)
   candidates = augment_lib.candidate_items(dataset, users, user_emb, item_emb,
                                            options.top_candidates, options.random_candidates,
@@ -122,7 +132,7 @@ def run_augment(config: Config, options: LLMOptions) -> cached_llm.StageStats:
   if _writes_outputs(options, "augment"):
     path = os.path.join(options.llm_dir, "augment.txt")
     augment_lib.write_augmentation(path, dataset, rows, _provenance(
-        options, llm, candidates=source, top_candidates=options.top_candidates,
+        options, llm, profiles.noun, candidates=source, top_candidates=options.top_candidates,
         random_candidates=options.random_candidates, k_augment=options.k_augment,
         profiles=options.profiles_path, users=int(users.size),
         parse_failures=llm.stats.parse_failures))
@@ -138,7 +148,7 @@ def run_groups(config: Config, options: LLMOptions) -> cached_llm.StageStats:
   """
   dataset = data_lib.load_dataset(config)
   profiles = _profiles(options, dataset)
-  llm = open_llm(options, "groups")
+  llm = open_llm(options, "groups", profiles.noun)
   users = selected_users(dataset.num_users, options)
   items = np.arange(dataset.num_items)
   if options.max_users > 0:
@@ -151,18 +161,21 @@ def run_groups(config: Config, options: LLMOptions) -> cached_llm.StageStats:
     for kind, (nodes, _, texts, _) in kinds.items():
       llm.embed([texts[n] for n in nodes.tolist()], f"groups: embed {kind}s")
     return llm.stats
+  reports = {}
   for kind, (nodes, raw_ids, texts, num_groups) in kinds.items():
-    groups = grouping.semantic_groups(
+    groups, reports[kind] = grouping.semantic_groups(
         llm, kind, [raw_ids[n] for n in nodes.tolist()], [texts[n] for n in nodes.tolist()],
         num_groups, options.llm_seed, options.group_examples, options.kmeans_iters,
-        options.group_max_new_tokens)
+        options.group_max_new_tokens, profiles.noun)
     paths = grouping.write_groups(options.llm_dir, kind, groups)
-    logging.info("Wrote %s: %d %s groups over %d %ss.", ", ".join(paths), len(groups), kind,
-                 nodes.size, kind)
+    logging.info("Wrote %s: %d %s groups over %d %ss (%d descriptions fell back to a plain "
+                 "name).", ", ".join(paths), len(groups), kind, nodes.size, kind,
+                 reports[kind]["parse_failures"])
   reporting.write_json(os.path.join(options.llm_dir, "groups.provenance.json"), _provenance(
-      options, llm, num_user_groups=options.num_user_groups,
+      options, llm, profiles.noun, num_user_groups=options.num_user_groups,
       num_item_groups=options.num_item_groups, profiles=options.profiles_path,
-      users=int(users.size), items=int(items.size)))
+      users=int(users.size), items=int(items.size), user_groups=reports["user"],
+      item_groups=reports["item"], parse_failures=llm.stats.parse_failures))
   return llm.stats
 
 
@@ -170,13 +183,14 @@ def rerank_for_run(run, options: LLMOptions
                    ) -> tuple[Optional[rerank_lib.RerankResult], cached_llm.StageStats]:
   """Reranks a trained run's valid and test top-N (None as result for a sharded run)."""
   profiles = _profiles(options, run.dataset)
-  llm = open_llm(options, "rerank")
+  llm = open_llm(options, "rerank", profiles.noun)
   result = rerank_lib.rerank_run(run, llm, profiles, options.rerank_top_n,
                                  options.rerank_alphas, options.rerank_normalisation,
                                  selected_users(run.dataset.num_users, options))
   if not _writes_outputs(options, "rerank"):
     return None, llm.stats
-  result.metrics.update(provenance=_provenance(options, llm, profiles=options.profiles_path))
+  result.metrics.update(provenance=_provenance(options, llm, profiles.noun,
+                                             profiles=options.profiles_path))
   return result, llm.stats
 
 
@@ -194,6 +208,31 @@ def run_rerank(config: Config, options: LLMOptions) -> cached_llm.StageStats:
                               result)
     print(format_rerank(result.metrics))
   return stats
+
+
+def run_all(config: Config, options: LLMOptions) -> str:
+  """profiles -> augment -> groups, then rerank when --backbone_workdir is set (reranking that
+  backbone); returns one line per stage with its counts, wall time and CPU time (on a shared
+  machine the CPU time is the steadier measure).
+
+  Resumable: every finished prompt is in the cache, so running it again after an interruption
+  redoes no LLM work. For the full LAGCL4Rec, train on the augmentation and groups written here
+  and rerank that run afterwards (--stage=rerank --backbone_workdir=<it>).
+  """
+  stages = [("profiles", run_profiles), ("augment", run_augment), ("groups", run_groups)]
+  if options.backbone_workdir:
+    stages.append(("rerank", run_rerank))
+  else:
+    logging.info("all: no --backbone_workdir, so augment uses popular items and rerank is "
+                 "skipped.")
+  lines = []
+  for name, stage in stages:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    stats = stage(config, options)
+    lines.append(f"{name}: {stats.summary_line()}, {time.perf_counter() - start:.1f} s "
+                 f"({time.process_time() - cpu_start:.1f} CPU s)")
+    logging.info("%s", lines[-1])
+  return "\n".join(lines)
 
 
 def format_rerank(metrics: dict[str, Any]) -> str:
@@ -217,20 +256,24 @@ def run_throughput(config: Config, options: LLMOptions) -> str:
   and summary prompts of the first 8 users (generation).
   """
   dataset = data_lib.load_dataset(config)
-  profiles = profiles_lib.template_profiles(dataset, options.profile_max_titles)
+  profiles = profiles_lib.template_profiles(dataset, options.profile_max_titles,
+                                            item_noun(options, dataset))
   popularity = augment_lib.popularity_embeddings(dataset)
 
   def preference_prompts(num_users: int, per_user: int) -> list[str]:
     users = np.arange(min(num_users, dataset.num_users), dtype=np.int32)
     candidates = augment_lib.candidate_items(dataset, users, *popularity, per_user, 0, 0)
-    return [prompts.preference_prompt(profiles.user_text[u], profiles.item_text[i])
+    return [prompts.preference_prompt(profiles.user_text[u], profiles.item_text[i],
+                                      profiles.noun)
             for u, items in zip(users.tolist(), candidates) for i in items.tolist()]
 
   rows = throughput.measure(options.llm_model, options.llm_device, options.throughput_dtypes,
                             options.throughput_batch_sizes, preference_prompts(4, 16),
                             preference_prompts(32, 1),
-                            [prompts.summary_prompt(t) for t in profiles.user_text[:8]],
-                            options.llm_max_new_tokens, options.model_cache_dir)
+                            [prompts.summary_prompt(t, profiles.noun)
+                             for t in profiles.user_text[:8]],
+                            options.llm_max_new_tokens, options.model_cache_dir,
+                            prompts.system_prompt(profiles.noun))
   table = throughput.format_table(rows)
   reporting.atomic_write_text(os.path.join(options.llm_dir, "throughput.md"), table + "\n")
   return table

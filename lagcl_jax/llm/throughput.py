@@ -13,13 +13,13 @@ from lagcl_jax.llm import prompts
 def measure(model: str, device: str, dtypes: tuple[str, ...], batch_sizes: tuple[int, ...],
             shared_prompts: list[str], distinct_prompts: list[str],
             generate_prompts: list[str], max_new_tokens: int,
-            model_cache_dir: str) -> list[dict[str, Any]]:
+            model_cache_dir: str, system_prompt: str) -> list[dict[str, Any]]:
   """One row per (operation, dtype, batch size): prompts, seconds, prompts/s, mean prompt
   tokens. Scoring is measured on prompts that share a user profile in runs (as in augment and
   rerank) and on prompts with nothing shared. The model is warmed up before timing."""
   rows = []
   for dtype in dtypes:
-    driver = driver_lib.Driver(model, dtype, device, 1, prompts.SYSTEM_PROMPT, model_cache_dir)
+    driver = driver_lib.Driver(model, dtype, device, 1, system_prompt, model_cache_dir)
     score = lambda p: driver.score(p, [prompts.YES, prompts.NO])
     score(shared_prompts[:1])
     work = {
