@@ -58,6 +58,10 @@ class Config:
   cl_layer: int = setting(1, "l*: the layer whose output is the contrastive view")
   eps: float = setting(0.2, "SimGCL/XSimGCL noise magnitude; 0 turns perturbation off")
   cl_weight: float = setting(0.17, "lambda; 0 turns contrastive learning off")
+  cl_warmup_steps: int = setting(
+      0, "lambda rises linearly from 0 to --cl_weight over this many training steps (0: none); "
+      "lets BPR grow the embeddings before the cosine InfoNCE, whose gradient scales with "
+      "1/(tau |e|), can dominate (the paper's sharp group temperatures collapse without it)")
   tau: float = setting(1.0, "positive temperature; tau_easy/tau_hard derive from it")
   tau_easy_scale: float = setting(
       0.25, "tau_easy = max(tau * this, tau_floor): temperature of other-group negatives")
@@ -152,6 +156,7 @@ def validate(config: Config) -> None:
          f"1 <= cl_layer <= --num_layers={c.num_layers}")
   _check(c.eps >= 0, "eps", c.eps, ">= 0")
   _check(c.cl_weight >= 0, "cl_weight", c.cl_weight, ">= 0")
+  _check(c.cl_warmup_steps >= 0, "cl_warmup_steps", c.cl_warmup_steps, ">= 0")
   for name in ("tau", "tau_easy_scale", "tau_hard_scale", "tau_floor", "hard_weight"):
     _check(getattr(c, name) > 0, name, getattr(c, name), "> 0")
   _check(c.learning_rate > 0, "learning_rate", c.learning_rate, "> 0")

@@ -153,16 +153,19 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
         "reg": config.reg * reg,
     }
     if config.contrastive:
+      cl_weight = config.cl_weight
+      if config.cl_warmup_steps:  # Linear warm-up of lambda over the first steps.
+        cl_weight = cl_weight * jnp.minimum(1.0, (state.step + 1) / config.cl_warmup_steps)
       if config.model == "simgcl":  # Two extra noisy passes are the views.
         view_keys = jax.random.split(noise_key)
         anchor_view = state.apply_fn({"params": params}, graph, view_keys[0])[0]
         candidate_view = state.apply_fn({"params": params}, graph, view_keys[1])[0]
       else:  # XSimGCL: the noisy pass's final embeddings against its layer l*.
         anchor_view, candidate_view = final, cl_view
-      terms["cl_user"] = config.cl_weight * contrast(
+      terms["cl_user"] = cl_weight * contrast(
           anchor_view, candidate_view, users, user_groups[batch["users"]], batch["user_first"],
           counts["users"])
-      terms["cl_item"] = config.cl_weight * contrast(
+      terms["cl_item"] = cl_weight * contrast(
           anchor_view, candidate_view, pos, item_groups[batch["pos_items"]], batch["item_first"],
           counts["items"])
     return sum(terms.values()), terms

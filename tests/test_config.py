@@ -22,6 +22,7 @@ def test_defaults_and_each_model_are_valid():
     (dict(cl_layer=0), "cl_layer"),
     (dict(tau_hard_scale=0.0), "tau_hard_scale"),
     (dict(eps=-0.1), "eps"),
+    (dict(cl_warmup_steps=-1), "cl_warmup_steps"),
     (dict(top_k=(10, 0)), "top_k"),
     (dict(select_metric="valid/ndcg@40"), "select_metric"),
 ])

@@ -195,6 +195,16 @@ def test_simgcl_contrasts_two_extra_noisy_passes_and_trains_on_the_clean_one(pat
   assert np.abs(one_step_params(0.3) - one_step_params(0.0)).max() > 1e-5
 
 
+def test_cl_warmup_scales_lambda_linearly_from_the_first_step(paths):
+  """With --cl_warmup_steps=4 the first step (step 0) weighs the InfoNCE terms by 1/4."""
+  config = synthetic.tiny_config(paths, groups=True, eps=0.0, cl_weight=0.3)
+  full = one_step_terms(config)[3]
+  warm = one_step_terms(config.replace(cl_warmup_steps=4))[3]
+  assert warm["bpr"] == full["bpr"]
+  for name in ("cl_user", "cl_item"):
+    assert warm[name] == pytest.approx(full[name] / 4, rel=1e-6), name
+
+
 @pytest.mark.parametrize("init,std", [("normal", 0.1), ("xavier", None)])
 def test_embedding_initialisation(paths, init, std):
   config = synthetic.tiny_config(paths, groups=False, init=init, embedding_dim=32)
