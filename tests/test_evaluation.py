@@ -93,8 +93,9 @@ def test_ranking_metrics_rejects_users_without_relevant_items():
     evaluation.ranking_metrics(np.array([[0, 1], [1, 0]]), relevant, (1,))
 
 
-def test_evaluate_hand_made_masks_and_labels():
-  """User 0: train {0:+1, 1:-1}, valid {2:+1}, test {3:+1, 4:-1}; user 1: only a -1 test item."""
+def hand_made_case():
+  """User 0: train {0:+1, 1:-1}, valid {2:+1}, test {3:+1, 4:-1}; user 1: only a -1 test item.
+  Every user scores items 0..5 as 10, 9, 8, 6, 7, 5. Returns (dataset, user_emb, item_emb)."""
   dataset = Dataset(
       name="hand", user_ids=np.array(["a", "b"]), item_ids=np.array(list("012345")),
       train=synthetic.interactions([0, 0, 1], [0, 1, 5], [1, -1, 1]),
@@ -103,6 +104,11 @@ def test_evaluate_hand_made_masks_and_labels():
       user_meta=[{}, {}], item_meta=[{}] * 6, summary={})
   user_emb = np.ones((2, 1), np.float32)
   item_emb = np.array([[10], [9], [8], [6], [7], [5]], np.float32)
+  return dataset, user_emb, item_emb
+
+
+def test_evaluate_hand_made_masks_and_labels():
+  dataset, user_emb, item_emb = hand_made_case()
   test = evaluation.evaluate(user_emb, item_emb, dataset, "test", (1, 2))
   # Items 0, 1 (train, either label) and 2 (valid) are masked; the -1 item 4 is not relevant.
   assert test["num_users"] == 1
@@ -234,14 +240,7 @@ def test_test_without_valid_mask_matches_brute_force():
 def test_hand_made_test_without_valid_mask():
   """User 0 of the hand-made case: with valid unmasked, its valid item 2 (score 8) ranks first
   and is not a hit; the test item 3 is second."""
-  dataset = Dataset(
-      name="hand", user_ids=np.array(["a", "b"]), item_ids=np.array(list("012345")),
-      train=synthetic.interactions([0, 0, 1], [0, 1, 5], [1, -1, 1]),
-      valid=synthetic.interactions([0], [2], [1]),
-      test=synthetic.interactions([0, 0, 1], [3, 4, 4], [1, -1, -1]),
-      user_meta=[{}, {}], item_meta=[{}] * 6, summary={})
-  user_emb = np.ones((2, 1), np.float32)
-  item_emb = np.array([[10], [9], [8], [6], [7], [5]], np.float32)
+  dataset, user_emb, item_emb = hand_made_case()
   test = evaluation.evaluate(user_emb, item_emb, dataset, "test", (1, 3), mask_valid=False)
   assert test["recall@1"] == 0.0 and test["recall@3"] == 1.0  # Ranking 2, 4, 3.
   assert test["ndcg@3"] == pytest.approx(1 / math.log2(4))
