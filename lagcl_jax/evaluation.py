@@ -1,8 +1,9 @@
 """Full-ranking evaluation: every test user against every item.
 
 For each evaluated user (one with at least one label-1 item in the split) all items are scored by
-<user, item>, the user's known items (train, plus valid when testing) are masked, and the top K are
-compared with the user's label-1 items of the split. Users are processed in fixed-size batches, so
+<user, item>, the user's known items are masked (train; at test also valid, unless
+`mask_valid=False`, the LightGCN++ protocol), and the top K are compared with the user's label-1
+items of the split. Users are processed in fixed-size batches, so
 memory is bounded by `batch_size x num_items` and no users x items matrix is ever built.
 """
 
@@ -62,9 +63,9 @@ def top_k_items(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray,
   return np.concatenate(out_items).astype(np.int32), np.concatenate(out_scores)
 
 
-def ranking_metrics(top_items: np.ndarray, relevant: sp.csr_matrix,
-                    ks: tuple[int, ...]) -> dict[str, float]:
-  """Recall, NDCG, Precision and HitRate at each K, averaged over the rows.
+def per_user_ranking_metrics(top_items: np.ndarray, relevant: sp.csr_matrix,
+                             ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+  """Recall, NDCG, Precision and HitRate at each K of every row, as float64 [n] arrays.
 
   Args:
     top_items: [n, >= max(ks)] ranked item indices per evaluated user.
@@ -85,25 +86,33 @@ def ranking_metrics(top_items: np.ndarray, relevant: sp.csr_matrix,
     num_hits = hits_k.sum(axis=1)
     dcg = (hits_k * discounts[:k]).sum(axis=1)
     ideal = np.cumsum(discounts[:k])[np.minimum(num_relevant, k).astype(np.int64) - 1]
-    metrics[f"recall@{k}"] = float(np.mean(num_hits / num_relevant))
-    metrics[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
-    metrics[f"precision@{k}"] = float(np.mean(num_hits / k))
-    metrics[f"hit@{k}"] = float(np.mean(num_hits > 0))
+    metrics[f"recall@{k}"] = num_hits / num_relevant
+    metrics[f"ndcg@{k}"] = dcg / ideal
+    metrics[f"precision@{k}"] = num_hits / k
+    metrics[f"hit@{k}"] = (num_hits > 0).astype(np.float64)
   return metrics
 
 
-def split_targets(dataset: Dataset, split: str, cold: bool = False
+def ranking_metrics(top_items: np.ndarray, relevant: sp.csr_matrix,
+                    ks: tuple[int, ...]) -> dict[str, float]:
+  """The means over the rows of `per_user_ranking_metrics` (same arguments)."""
+  return {name: float(np.mean(values))
+          for name, values in per_user_ranking_metrics(top_items, relevant, ks).items()}
+
+
+def split_targets(dataset: Dataset, split: str, mask_valid: bool = True,
+                  cold: bool = False
                   ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
   """(evaluated users, their relevant-item rows, the users x items mask of known items).
 
   valid: relevant = label-1 valid items, known = train. test: relevant = label-1 test items,
-  known = train + valid. Users without a train positive (`Dataset.has_train_positive`) are
-  evaluated only with `cold=True`, which evaluates only them.
+  known = train + valid, or train only with `mask_valid=False`. Users without a train positive
+  (`Dataset.has_train_positive`) are evaluated only with `cold=True`, which evaluates only them.
   """
   if split not in ("valid", "test"):
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
   target = dataset.valid if split == "valid" else dataset.test
-  known = [dataset.train] if split == "valid" else [dataset.train, dataset.valid]
+  known = [dataset.train] + ([dataset.valid] if split == "test" and mask_valid else [])
   relevant_all = interaction_matrix(dataset.num_users, dataset.num_items, target.positives)
   users = np.flatnonzero(np.diff(relevant_all.indptr) > 0).astype(np.int32)
   users = users[dataset.has_train_positive()[users] != cold]
@@ -111,17 +120,27 @@ def split_targets(dataset: Dataset, split: str, cold: bool = False
   return users, relevant_all[users], exclude
 
 
-def evaluate(user_emb: np.ndarray, item_emb: np.ndarray, dataset: Dataset, split: str,
-             ks: tuple[int, ...], batch_size: int = 1024, cold: bool = False
-             ) -> dict[str, float]:
-  """Full-ranking metrics of the split, keyed like "recall@20", plus "num_users".
+def evaluate_per_user(user_emb: np.ndarray, item_emb: np.ndarray, dataset: Dataset, split: str,
+                      ks: tuple[int, ...], batch_size: int = 1024, mask_valid: bool = True,
+                      cold: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(evaluated users [n], per-user metrics keyed like "recall@20", each [n]) of the split.
 
   `cold`: evaluate only the users without a train positive (see `split_targets`)."""
-  users, relevant, exclude = split_targets(dataset, split, cold)
+  users, relevant, exclude = split_targets(dataset, split, mask_valid, cold)
   if users.size == 0:
     raise ValueError(f"The {split} split has no {'cold ' if cold else ''}user with a label-1 "
                      "item: nothing to evaluate.")
   top_items, _ = top_k_items(user_emb, item_emb, users, exclude, max(ks), batch_size)
-  metrics = ranking_metrics(top_items, relevant, ks)
+  return users, per_user_ranking_metrics(top_items, relevant, ks)
+
+
+def evaluate(user_emb: np.ndarray, item_emb: np.ndarray, dataset: Dataset, split: str,
+             ks: tuple[int, ...], batch_size: int = 1024, mask_valid: bool = True,
+             cold: bool = False) -> dict[str, float]:
+  """Full-ranking metrics of the split (means over its users), keyed like "recall@20", plus
+  "num_users"."""
+  users, per_user = evaluate_per_user(user_emb, item_emb, dataset, split, ks, batch_size,
+                                      mask_valid, cold)
+  metrics = {name: float(np.mean(values)) for name, values in per_user.items()}
   metrics["num_users"] = int(users.size)
   return metrics

@@ -1,8 +1,11 @@
-"""The graph encoder: LightGCN propagation with XSimGCL's noise-perturbed contrastive view.
+"""The encoders: LightGCN propagation with SimGCL/XSimGCL noise, and MostPop.
 
-One model covers the paper's backbones through flags: LightGCN is eps=0 (and no contrastive loss),
-XSimGCL perturbs every layer's output, `e + sign(e) * eps * normalize(u)` with u ~ U[0, 1), and
-takes layer l* as the contrastive view. The readout is the mean of layers 1..L (as in XSimGCL).
+One graph model covers the backbones through flags. Every layer propagates over the normalised
+user-item graph; with a noise key (training of SimGCL/XSimGCL) each layer's output is perturbed,
+`e + sign(e) * eps * normalize(u)` with u ~ U[0, 1). The readout is the mean of layers 1..L
+(XSimGCL, SimGCL) or of layers 0..L (LightGCN, the ego embedding included); layer l* is
+XSimGCL's contrastive view. MostPop scores every item by its train popularity, through the same
+(user, item) inner-product interface, so every model shares one evaluation.
 """
 
 from typing import Optional
@@ -11,8 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 
 from lagcl_jax import graph as graph_lib
+
+_INITIALISERS = {"xavier": nn.initializers.xavier_uniform(),
+                 "normal": nn.initializers.normal(stddev=0.1)}
 
 
 class GraphEncoder(nn.Module):
@@ -24,6 +31,8 @@ class GraphEncoder(nn.Module):
   cl_layer: int
   eps: float
   propagate: graph_lib.Propagation
+  readout: str = "layers_1_to_L"
+  embedding_init: str = "xavier"
 
   @nn.compact
   def __call__(self, graph: jraph.GraphsTuple,
@@ -33,11 +42,11 @@ class GraphEncoder(nn.Module):
     With `noise_key=None` (evaluation) no noise is added; the contrastive view is then the
     unperturbed layer l*.
     """
-    init = nn.initializers.xavier_uniform()
+    init = _INITIALISERS[self.embedding_init]
     users = self.param("user_embedding", init, (self.num_users, self.embedding_dim))
     items = self.param("item_embedding", init, (self.num_items, self.embedding_dim))
     x = jnp.concatenate([users, items], axis=0)
-    layers = []
+    layers = [x] if self.readout == "layers_0_to_L" else []
     cl_view = x
     for layer in range(1, self.num_layers + 1):
       x = self.propagate(graph, x)
@@ -49,6 +58,23 @@ class GraphEncoder(nn.Module):
       if layer == self.cl_layer:
         cl_view = x
     return jnp.mean(jnp.stack(layers), axis=0), cl_view
+
+
+class MostPop(nn.Module):
+  """Popularity baseline without parameters: score(u, i) = <1, popularity_i>.
+
+  Users embed as [1] and items as [popularity], so inner-product ranking orders items by
+  popularity (ties: lower item index first), for every user alike.
+  """
+  num_users: int
+  popularity: np.ndarray  # [num_items] train positives per item.
+
+  def __call__(self, graph: jraph.GraphsTuple,
+               noise_key: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    del graph, noise_key  # Popularity depends on neither.
+    nodes = jnp.concatenate([jnp.ones((self.num_users, 1), jnp.float32),
+                             jnp.asarray(self.popularity, jnp.float32)[:, None]])
+    return nodes, nodes
 
 
 def split_nodes(embeddings: jax.Array, num_users: int) -> tuple[jax.Array, jax.Array]:

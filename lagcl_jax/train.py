@@ -30,6 +30,7 @@ from lagcl_jax import checkpointing
 from lagcl_jax import config as config_lib
 from lagcl_jax import data as data_lib
 from lagcl_jax import evaluation
+from lagcl_jax import files
 from lagcl_jax import graph as graph_lib
 from lagcl_jax import groups as groups_lib
 from lagcl_jax import losses
@@ -72,18 +73,27 @@ def graph_interactions(config: config_lib.Config, dataset: Dataset):
   raise ValueError(f"--graph_edges={config.graph_edges!r}: expected 'all' or 'positive'")
 
 
+def item_popularity(dataset: Dataset) -> np.ndarray:
+  """[num_items] number of label-1 train interactions of each item."""
+  return np.bincount(dataset.train.positives.items, minlength=dataset.num_items)
+
+
 def create_model(config: config_lib.Config, dataset: Dataset) -> Setup:
-  """Builds the graph, the groups and the encoder for a data set."""
+  """Builds the graph, the groups and the encoder (--model) for a data set."""
   edges = graph_interactions(config, dataset)
   graph = graph_lib.build_graph(dataset.num_users, dataset.num_items, edges.users, edges.items)
   user_groups, item_groups, group_report = groups_lib.build_groups(config, dataset)
   if config.uses_groups:
     logging.info("Groups: %s", json.dumps(group_report, default=str)[:2000])
-  model = model_lib.GraphEncoder(
-      num_users=dataset.num_users, num_items=dataset.num_items,
-      embedding_dim=config.embedding_dim, num_layers=config.num_layers,
-      cl_layer=config.cl_layer, eps=config.eps,
-      propagate=graph_lib.make_propagation(config.propagation_kernel, graph))
+  if config.model == "mostpop":
+    model = model_lib.MostPop(num_users=dataset.num_users, popularity=item_popularity(dataset))
+  else:
+    model = model_lib.GraphEncoder(
+        num_users=dataset.num_users, num_items=dataset.num_items,
+        embedding_dim=config.embedding_dim, num_layers=config.num_layers,
+        cl_layer=config.cl_layer, eps=config.eps,
+        propagate=graph_lib.make_propagation(config.propagation_kernel, graph),
+        readout=config.readout, embedding_init=config.init)
   return Setup(config, dataset, graph, model, user_groups.astype(np.int32),
                item_groups.astype(np.int32), group_report)
 
@@ -110,12 +120,13 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
     The new state and the summed loss terms of the global batch.
   """
   noise_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), state.step)
-  use_noise = config.eps > 0
+  # XSimGCL trains on its noisy pass; SimGCL and LightGCN on the noise-free one.
+  main_noise = noise_key if config.model == "xsimgcl" and config.eps > 0 else None
   neg_weights = jnp.array([1.0, config.hard_weight] if config.uses_groups else [1.0])
 
-  def contrast(final, cl_view, nodes, node_groups, first, normaliser):
+  def contrast(anchor_view, candidate_view, nodes, node_groups, first, normaliser):
     """Group-weighted InfoNCE of this device's nodes against the whole batch's other view."""
-    candidates = jax.lax.all_gather(cl_view[nodes], _AXIS, tiled=True)
+    candidates = jax.lax.all_gather(candidate_view[nodes], _AXIS, tiled=True)
     candidate_groups = jax.lax.all_gather(node_groups, _AXIS, tiled=True)
     candidate_valid = jax.lax.all_gather(first, _AXIS, tiled=True) > 0
     positive_index = jax.lax.axis_index(_AXIS) * nodes.shape[0] + jnp.arange(nodes.shape[0])
@@ -124,25 +135,40 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
       candidate_groups = jnp.arange(candidates.shape[0])
     tau_easy = config.tau_easy if config.uses_groups else config.tau_positive
     return losses.group_infonce(
-        final[nodes], candidates, positive_index, node_groups, candidate_groups, first,
+        anchor_view[nodes], candidates, positive_index, node_groups, candidate_groups, first,
         candidate_valid, normaliser, config.tau_positive, tau_easy, config.tau_hard,
         config.hard_weight)
 
   def loss_fn(params):
-    final, cl_view = state.apply_fn({"params": params}, graph, noise_key if use_noise else None)
+    final, cl_view = state.apply_fn({"params": params}, graph, main_noise)
     users, pos, neg = batch["users"], batch["pos_items"] + num_users, batch["neg_items"] + num_users
     user_emb, pos_emb = final[users], final[pos]
+    if config.reg_form == "ego":  # LightGCN: 0.5 * ||layer-0 user, positive, negatives||^2.
+      reg = 0.5 * losses.l2_penalty(
+          [params["user_embedding"][batch["users"]], params["item_embedding"][batch["pos_items"]],
+           params["item_embedding"][batch["neg_items"]]], batch["row_weights"], counts["rows"])
+    else:
+      reg = losses.l2_penalty([user_emb, pos_emb], batch["row_weights"], counts["rows"])
     terms = {
         "bpr": losses.bpr_loss(user_emb, pos_emb, final[neg], neg_weights, batch["row_weights"],
                                counts["rows"]),
-        "reg": config.reg * losses.l2_penalty([user_emb, pos_emb], batch["row_weights"],
-                                              counts["rows"]),
+        "reg": config.reg * reg,
     }
-    if config.cl_weight > 0:
-      terms["cl_user"] = config.cl_weight * contrast(
-          final, cl_view, users, user_groups[batch["users"]], batch["user_first"], counts["users"])
-      terms["cl_item"] = config.cl_weight * contrast(
-          final, cl_view, pos, item_groups[batch["pos_items"]], batch["item_first"],
+    if config.contrastive:
+      cl_weight = config.cl_weight
+      if config.cl_warmup_steps:  # Linear warm-up of lambda over the first steps.
+        cl_weight = cl_weight * jnp.minimum(1.0, (state.step + 1) / config.cl_warmup_steps)
+      if config.model == "simgcl":  # Two extra noisy passes are the views.
+        view_keys = jax.random.split(noise_key)
+        anchor_view = state.apply_fn({"params": params}, graph, view_keys[0])[0]
+        candidate_view = state.apply_fn({"params": params}, graph, view_keys[1])[0]
+      else:  # XSimGCL: the noisy pass's final embeddings against its layer l*.
+        anchor_view, candidate_view = final, cl_view
+      terms["cl_user"] = cl_weight * contrast(
+          anchor_view, candidate_view, users, user_groups[batch["users"]], batch["user_first"],
+          counts["users"])
+      terms["cl_item"] = cl_weight * contrast(
+          anchor_view, candidate_view, pos, item_groups[batch["pos_items"]], batch["item_first"],
           counts["items"])
     return sum(terms.values()), terms
 
@@ -167,13 +193,13 @@ def evaluate_params(setup: Setup, params, splits=("valid", "test")) -> dict[str,
     if split == "valid" and len(setup.dataset.valid) == 0:
       continue
     for name, value in evaluation.evaluate(user_emb, item_emb, setup.dataset, split,
-                                           setup.config.top_k,
-                                           setup.config.eval_batch_size).items():
+                                           setup.config.top_k, setup.config.eval_batch_size,
+                                           setup.config.test_mask_valid).items():
       metrics[f"{split}/{name}"] = value
     if split == "test" and evaluation.split_targets(setup.dataset, "test", cold=True)[0].size:
       for name, value in evaluation.evaluate(user_emb, item_emb, setup.dataset, split,
                                              setup.config.top_k, setup.config.eval_batch_size,
-                                             cold=True).items():
+                                             setup.config.test_mask_valid, cold=True).items():
         metrics[f"test_cold/{name}"] = value
   return metrics
 
@@ -338,13 +364,15 @@ def _fit(setup: Setup, workdir: str) -> dict:
     logging.info("%s", reporting.format_record(record))
 
     # --- Model selection on validation (never on test), early stopping. ------------------------
+    # Epochs before --min_epochs are never selected and do not count towards --patience.
     metric = record.get(config.select_metric, float(epoch))  # No validation: the last epoch.
-    improved = progress["best_metric"] is None or metric > progress["best_metric"]
+    candidate = epoch + 1 >= config.min_epochs
+    improved = candidate and (progress["best_metric"] is None or metric > progress["best_metric"])
     progress.update(epoch=epoch + 1, step_in_epoch=0, partial_sums={},
                     global_step=int(replicated.step[0]), history=progress["history"] + [record])
     if improved:
       progress.update(best_epoch=epoch + 1, best_metric=metric, epochs_since_best=0)
-    else:
+    elif candidate:
       progress["epochs_since_best"] += 1
     stop = has_valid and config.patience and progress["epochs_since_best"] >= config.patience
     progress["stopped_early"] = bool(stop)
@@ -361,8 +389,17 @@ def _fit(setup: Setup, workdir: str) -> dict:
   return progress
 
 
+def _train(setup: Setup, workdir: str) -> dict:
+  """The training progress: `_fit`'s, or none for MostPop, which has nothing to train."""
+  if setup.config.model == "mostpop":
+    return restore_params(setup, workdir)[1]
+  return _fit(setup, workdir)
+
+
 def restore_params(setup: Setup, workdir: str, which: str = "best"):
-  """Parameters of checkpoint `which` ("best" or "latest") in `workdir`."""
+  """Parameters of checkpoint `which` ("best" or "latest") in `workdir` (MostPop: none)."""
+  if setup.config.model == "mostpop":
+    return {}, {"best_epoch": 0, "history": []}
   checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   try:
     state, progress = checkpoints.restore(which, create_train_state(setup))
@@ -387,6 +424,19 @@ def _write_recommendations(setup: Setup, params, path: str) -> None:
   items, scores = evaluation.top_k_items(user_emb, item_emb, all_users, exclude,
                                          config.num_recommendations, config.eval_batch_size)
   reporting.write_recommendations(path, dataset, items, scores)
+
+
+def write_per_user_test(setup: Setup, params, path: str) -> None:
+  """Per-user test metrics as an .npz: `user_ids` (raw ids of the evaluated users, in evaluation
+  order) and one float array per metric key ("ndcg@20", ...); written atomically."""
+  config, dataset = setup.config, setup.dataset
+  user_emb, item_emb = compute_embeddings(setup, params)
+  users, per_user = evaluation.evaluate_per_user(user_emb, item_emb, dataset, "test",
+                                                 config.top_k, config.eval_batch_size,
+                                                 config.test_mask_valid)
+  with files.atomic_writer(path) as f:
+    np.savez(f, user_ids=np.asarray(dataset.user_ids)[users].astype(str), **per_user)
+
 
 
 def train_and_evaluate(config: config_lib.Config, workdir: str, *, overwrite: bool = False,
@@ -447,7 +497,7 @@ def _train_and_evaluate(config: config_lib.Config, workdir: str,
   """`train_and_evaluate` in a claimed work directory."""
   dataset = data_lib.load_dataset(config)
   setup = create_model(config, dataset)
-  progress = _fit(setup, workdir)
+  progress = _train(setup, workdir)
   final = {"best_epoch": progress["best_epoch"]}
   params = restore_params(setup, workdir)[0]  # Every process: orbax synchronises them.
   final.update(evaluate_params(setup, params))
@@ -457,12 +507,13 @@ def _train_and_evaluate(config: config_lib.Config, workdir: str,
     full_config = config.replace(num_epochs=progress["best_epoch"], retrain_on_full=False)
     setup = create_model(full_config, merge_validation(dataset))
     model_dir = "full"
-    _fit(setup, os.path.join(workdir, model_dir))
+    _train(setup, os.path.join(workdir, model_dir))
     params = restore_params(setup, os.path.join(workdir, model_dir))[0]
     final.update(evaluate_params(setup, params, splits=("test",)))
   final["model_dir"] = model_dir
   if writes_files:
     _write_recommendations(setup, params, os.path.join(workdir, "recommendations.tsv"))
+    write_per_user_test(setup, params, os.path.join(workdir, "per_user_test.npz"))
     reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
     reporting.plot_history(workdir, progress["history"], config.select_metric)
   logging.info("Final: %s", reporting.format_record(final))

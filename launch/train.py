@@ -1,4 +1,4 @@
-r"""Trains and evaluates a LAGCL4Rec / XSimGCL / LightGCN model.
+r"""Trains and evaluates a LAGCL4Rec / XSimGCL / SimGCL / LightGCN model, or MostPop (--model).
 
   python launch/train.py --flagfile=configs/ml100k_lagcl.cfg --workdir=runs/ml100k_lagcl
 

@@ -93,8 +93,9 @@ def test_ranking_metrics_rejects_users_without_relevant_items():
     evaluation.ranking_metrics(np.array([[0, 1], [1, 0]]), relevant, (1,))
 
 
-def test_evaluate_hand_made_masks_and_labels():
-  """User 0: train {0:+1, 1:-1}, valid {2:+1}, test {3:+1, 4:-1}; user 1: only a -1 test item."""
+def hand_made_case():
+  """User 0: train {0:+1, 1:-1}, valid {2:+1}, test {3:+1, 4:-1}; user 1: only a -1 test item.
+  Every user scores items 0..5 as 10, 9, 8, 6, 7, 5. Returns (dataset, user_emb, item_emb)."""
   dataset = Dataset(
       name="hand", user_ids=np.array(["a", "b"]), item_ids=np.array(list("012345")),
       train=synthetic.interactions([0, 0, 1], [0, 1, 5], [1, -1, 1]),
@@ -103,6 +104,11 @@ def test_evaluate_hand_made_masks_and_labels():
       user_meta=[{}, {}], item_meta=[{}] * 6, summary={})
   user_emb = np.ones((2, 1), np.float32)
   item_emb = np.array([[10], [9], [8], [6], [7], [5]], np.float32)
+  return dataset, user_emb, item_emb
+
+
+def test_evaluate_hand_made_masks_and_labels():
+  dataset, user_emb, item_emb = hand_made_case()
   test = evaluation.evaluate(user_emb, item_emb, dataset, "test", (1, 2))
   # Items 0, 1 (train, either label) and 2 (valid) are masked; the -1 item 4 is not relevant.
   assert test["num_users"] == 1
@@ -181,3 +187,60 @@ def test_evaluate_unknown_split_and_empty_split():
   empty = Dataset(**{**vars(dataset), "valid": synthetic.interactions([], [], [])})
   with pytest.raises(ValueError, match="valid"):
     evaluation.evaluate(np.ones((5, 2)), np.ones((20, 2)), empty, "valid", (1,))
+
+
+def test_per_user_metrics_match_loop_reference():
+  """Each evaluated user's metrics equal the loop reference on that user alone; `evaluate` is
+  their mean."""
+  dataset = synthetic.random_dataset(num_users=30, num_items=40, seed=5)
+  rng = np.random.default_rng(6)
+  user_emb = rng.normal(size=(dataset.num_users, 8)).astype(np.float32)
+  item_emb = rng.normal(size=(dataset.num_items, 8)).astype(np.float32)
+  ks = (1, 5, 10, 40)
+  users, per_user = evaluation.evaluate_per_user(user_emb, item_emb, dataset, "test", ks,
+                                                 batch_size=7)
+  expected_users = np.unique(dataset.test.users[dataset.test.labels > 0])
+  np.testing.assert_array_equal(users, expected_users)
+  scores = user_emb.astype(np.float64) @ item_emb.astype(np.float64).T
+  for part in (dataset.train, dataset.valid):
+    scores[part.users, part.items] = -np.inf
+  for row, user in enumerate(users):
+    rel = set(dataset.test.items[(dataset.test.users == user) & (dataset.test.labels > 0)].tolist())
+    ranked = np.argsort(-scores[user], kind="stable")[:max(ks)].tolist()
+    expected = reference_metrics([ranked], [rel], ks)
+    for name, value in expected.items():
+      assert per_user[name][row] == pytest.approx(value, rel=1e-6), (user, name)
+  means = evaluation.evaluate(user_emb, item_emb, dataset, "test", ks)
+  assert means == {**{name: float(np.mean(v)) for name, v in per_user.items()},
+                   "num_users": users.size}
+
+
+def test_test_without_valid_mask_matches_brute_force():
+  """The LightGCN++ protocol (mask_valid=False): at test only train items are masked; validation
+  items stay rankable and are not relevant."""
+  dataset = synthetic.random_dataset(num_users=30, num_items=40, seed=7)
+  rng = np.random.default_rng(8)
+  user_emb = rng.normal(size=(dataset.num_users, 8)).astype(np.float32)
+  item_emb = rng.normal(size=(dataset.num_items, 8)).astype(np.float32)
+  item_emb[dataset.valid.items] += 0.5 * user_emb[dataset.valid.users]  # Valid items rank high.
+  ks = (1, 5, 10)
+  no_valid = Dataset(**{**vars(dataset), "valid": synthetic.interactions([], [], [])})
+  expected = brute_force_evaluate(user_emb, item_emb, no_valid, "test", ks)  # Masks train only.
+  got = evaluation.evaluate(user_emb, item_emb, dataset, "test", ks, mask_valid=False)
+  assert set(got) == set(expected)
+  for name, value in expected.items():
+    assert got[name] == pytest.approx(value, rel=1e-6), name
+  masked = evaluation.evaluate(user_emb, item_emb, dataset, "test", ks)
+  assert masked != got  # The flag changes the protocol on this data.
+  # Validation is unaffected by the flag: only train is masked there.
+  assert (evaluation.evaluate(user_emb, item_emb, dataset, "valid", ks, mask_valid=False)
+          == evaluation.evaluate(user_emb, item_emb, dataset, "valid", ks))
+
+
+def test_hand_made_test_without_valid_mask():
+  """User 0 of the hand-made case: with valid unmasked, its valid item 2 (score 8) ranks first
+  and is not a hit; the test item 3 is second."""
+  dataset, user_emb, item_emb = hand_made_case()
+  test = evaluation.evaluate(user_emb, item_emb, dataset, "test", (1, 3), mask_valid=False)
+  assert test["recall@1"] == 0.0 and test["recall@3"] == 1.0  # Ranking 2, 4, 3.
+  assert test["ndcg@3"] == pytest.approx(1 / math.log2(4))

@@ -23,6 +23,7 @@ import pytest
 from lagcl_jax import checkpointing
 from lagcl_jax import config as config_lib
 from lagcl_jax import data as data_lib
+from lagcl_jax import evaluation
 from lagcl_jax import graph as graph_lib
 from lagcl_jax import inference
 from lagcl_jax import sampler as sampler_lib
@@ -81,23 +82,52 @@ def history(workdir):
 # --- One step against a NumPy reference. ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("groups", [False, True])
-def test_train_step_losses_match_numpy_reference(paths, groups):
-  """eps=0: the step's loss terms equal BPR + L2 + InfoNCE computed from a dense LightGCN."""
-  config = synthetic.tiny_config(paths, groups=groups, eps=0.0, tau=0.5, cl_weight=0.3,
-                                 reg=0.01)
+def one_step_terms(config):
+  """(setup, initial state, batch, the loss terms of one `train_step` on that batch)."""
   setup = train.create_model(config, data_lib.load_dataset(config))
   state = train.create_train_state(setup)
   batch = next(train.batch_sampler(setup).epoch(0, start_step=1))
-  # Repeated users and items: only first occurrences are anchors and candidates.
-  assert batch.user_first.sum() < batch.row_weights.sum()
-  assert batch.item_first.sum() < batch.row_weights.sum()
   devices = jax.local_devices()[:1]
   arrays, counts = train.shard_batch(batch, 1)
   _, terms = train.pmap_train_step(setup, devices)(
       train.replicate(state, devices), setup.graph, jnp.asarray(setup.user_groups),
       jnp.asarray(setup.item_groups), arrays, counts)
-  terms = {name: float(value[0]) for name, value in terms.items()}
+  return setup, state, batch, {name: float(value[0]) for name, value in terms.items()}
+
+
+def reference_contrast(config, setup, batch, anchor_view, candidate_view, groups):
+  """The two InfoNCE terms (users, items) of a batch from two [U + I, d] views."""
+  users, pos = batch.users, batch.pos_items + setup.dataset.num_users
+  size = users.shape[0]
+  expected = {}
+  for kind, nodes, node_groups, first in (
+      ("user", users, setup.user_groups[batch.users], batch.user_first),
+      ("item", pos, setup.item_groups[batch.pos_items], batch.item_first)):
+    if not groups:  # Plain InfoNCE: every other node is an easy negative at tau.
+      node_groups = np.arange(size)
+    expected[f"cl_{kind}"] = config.cl_weight * reference_group_infonce(
+        anchor_view[nodes], candidate_view[nodes], np.arange(size), node_groups, node_groups,
+        first, first > 0, first.sum(), config.tau_positive,
+        config.tau_easy if groups else config.tau_positive, config.tau_hard, config.hard_weight)
+  return expected
+
+
+@pytest.mark.parametrize("model,groups", [("xsimgcl", False), ("xsimgcl", True),
+                                          ("lightgcn", False), ("lightgcn", True)])
+def test_train_step_losses_match_numpy_reference(paths, model, groups):
+  """eps=0: the step's loss terms equal BPR + L2 (+ InfoNCE) computed from a dense LightGCN.
+
+  XSimGCL: readout over layers 1..L, L2 on the propagated user and positive rows. LightGCN
+  (He et al. 2020): readout over layers 0..L, L2 = 0.5 ||.||^2 of the layer-0 user, positive and
+  negative rows per batch row, no contrastive term (even with --cl_weight > 0).
+  """
+  faithful = dict(readout="layers_0_to_L", reg_form="ego") if model == "lightgcn" else {}
+  config = synthetic.tiny_config(paths, groups=groups, eps=0.0, tau=0.5, cl_weight=0.3,
+                                 reg=0.01, model=model, **faithful)
+  setup, state, batch, terms = one_step_terms(config)
+  # Repeated users and items: only first occurrences are anchors and candidates.
+  assert batch.user_first.sum() < batch.row_weights.sum()
+  assert batch.item_first.sum() < batch.row_weights.sum()
 
   num_users = setup.dataset.num_users
   adjacency = graph_lib.to_csr(setup.graph).toarray().astype(np.float64)
@@ -105,30 +135,112 @@ def test_train_step_losses_match_numpy_reference(paths, groups):
                             np.asarray(state.params["item_embedding"])]).astype(np.float64)]
   for _ in range(config.num_layers):
     layers.append(adjacency @ layers[-1])
-  final, cl_view = np.mean(layers[1:], axis=0), layers[config.cl_layer]
-  users, pos = batch.users, batch.pos_items + num_users
+  final = np.mean(layers if model == "lightgcn" else layers[1:], axis=0)
+  users, pos, neg = batch.users, batch.pos_items + num_users, batch.neg_items + num_users
   rows = batch.row_weights.sum()
   neg_weights = [1.0, config.hard_weight] if groups else [1.0]
-  expected = {
-      "bpr": reference_bpr(final[users], final[pos], final[batch.neg_items + num_users],
-                           neg_weights, batch.row_weights, rows),
-      "reg": config.reg * sum(w * (final[u] @ final[u] + final[p] @ final[p])
-                              for u, p, w in zip(users, pos, batch.row_weights)) / rows,
-  }
-  size = users.shape[0]
-  for kind, nodes, node_groups, first in (
-      ("user", users, setup.user_groups[batch.users], batch.user_first),
-      ("item", pos, setup.item_groups[batch.pos_items], batch.item_first)):
-    if not groups:  # Plain InfoNCE: every other node is an easy negative at tau.
-      node_groups = np.arange(size)
-    expected[f"cl_{kind}"] = config.cl_weight * reference_group_infonce(
-        final[nodes], cl_view[nodes], np.arange(size), node_groups, node_groups, first,
-        first > 0, first.sum(), config.tau_positive,
-        config.tau_easy if groups else config.tau_positive, config.tau_hard, config.hard_weight)
+  if model == "lightgcn":
+    ego = layers[0]
+    reg = sum(w * 0.5 * (ego[u] @ ego[u] + ego[p] @ ego[p] + sum(ego[n] @ ego[n] for n in ns))
+              for u, p, ns, w in zip(users, pos, neg, batch.row_weights)) / rows
+  else:
+    reg = sum(w * (final[u] @ final[u] + final[p] @ final[p])
+              for u, p, w in zip(users, pos, batch.row_weights)) / rows
+  expected = {"bpr": reference_bpr(final[users], final[pos], final[neg], neg_weights,
+                                   batch.row_weights, rows),
+              "reg": config.reg * reg}
+  if model == "xsimgcl":
+    expected.update(reference_contrast(config, setup, batch, final, layers[config.cl_layer],
+                                       groups))
   expected["loss"] = sum(expected.values())
   assert set(terms) == set(expected)
   for name, value in expected.items():
     assert terms[name] == pytest.approx(value, rel=2e-5), name
+
+
+def test_simgcl_contrasts_two_extra_noisy_passes_and_trains_on_the_clean_one(paths):
+  """SimGCL (Yu et al. 2022): BPR on the noise-free pass; InfoNCE between the final embeddings of
+  two further passes with independent noise; the contrastive gradient reaches the parameters."""
+  config = synthetic.tiny_config(paths, groups=False, model="simgcl", eps=0.3, tau=0.5,
+                                 cl_weight=0.3, reg=0.01)
+  setup, state, batch, terms = one_step_terms(config)
+  apply = lambda key: np.asarray(setup.model.apply({"params": state.params}, setup.graph, key)[0],
+                                 np.float64)
+  clean = apply(None)
+  assert int(state.step) == 0  # The step's noise key folds in the state's step.
+  noise_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 0)
+  view_1, view_2 = (apply(key) for key in jax.random.split(noise_key))
+  assert np.abs(view_1 - view_2).max() > 1e-3 and np.abs(view_1 - clean).max() > 1e-3
+  num_users = setup.dataset.num_users
+  users, pos = batch.users, batch.pos_items + num_users
+  rows = batch.row_weights.sum()
+  expected = {"bpr": reference_bpr(clean[users], clean[pos],
+                                   clean[batch.neg_items + num_users], [1.0],
+                                   batch.row_weights, rows),
+              "reg": config.reg * sum(w * (clean[u] @ clean[u] + clean[p] @ clean[p])
+                                      for u, p, w in zip(users, pos, batch.row_weights)) / rows,
+              **reference_contrast(config, setup, batch, view_1, view_2, groups=False)}
+  expected["loss"] = sum(expected.values())
+  assert set(terms) == set(expected)
+  for name, value in expected.items():
+    assert terms[name] == pytest.approx(value, rel=2e-5), name
+
+  # The contrastive term's gradient flows: one step with and without it moves params apart.
+  def one_step_params(cl_weight):
+    step_setup = train.create_model(config.replace(cl_weight=cl_weight), setup.dataset)
+    devices = jax.local_devices()[:1]
+    arrays, counts = train.shard_batch(batch, 1)
+    new_state, _ = train.pmap_train_step(step_setup, devices)(
+        train.replicate(train.create_train_state(step_setup), devices), step_setup.graph,
+        jnp.asarray(step_setup.user_groups), jnp.asarray(step_setup.item_groups), arrays, counts)
+    return np.asarray(train.unreplicate(new_state).params["user_embedding"])
+  assert np.abs(one_step_params(0.3) - one_step_params(0.0)).max() > 1e-5
+
+
+def test_cl_warmup_scales_lambda_linearly_from_the_first_step(paths):
+  """With --cl_warmup_steps=4 the first step (step 0) weighs the InfoNCE terms by 1/4."""
+  config = synthetic.tiny_config(paths, groups=True, eps=0.0, cl_weight=0.3)
+  full = one_step_terms(config)[3]
+  warm = one_step_terms(config.replace(cl_warmup_steps=4))[3]
+  assert warm["bpr"] == full["bpr"]
+  for name in ("cl_user", "cl_item"):
+    assert warm[name] == pytest.approx(full[name] / 4, rel=1e-6), name
+
+
+@pytest.mark.parametrize("init,std", [("normal", 0.1), ("xavier", None)])
+def test_embedding_initialisation(paths, init, std):
+  config = synthetic.tiny_config(paths, groups=False, init=init, embedding_dim=32)
+  setup = train.create_model(config, data_lib.load_dataset(config))
+  params = train.create_train_state(setup).params
+  users = np.asarray(params["user_embedding"])
+  if std is None:  # Xavier uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
+    bound = np.sqrt(6 / sum(users.shape))
+    assert np.abs(users).max() <= bound and np.abs(users).max() > 0.9 * bound
+  else:
+    assert np.std(users) == pytest.approx(std, rel=0.1) and np.abs(users).max() > 2 * std
+
+
+# --- Model selection: --min_epochs. ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("min_epochs,best_epoch,epochs_run,stopped",
+                         [(0, 1, 3, True), (3, 3, 5, True), (5, 5, 5, False)])
+def test_min_epochs_no_selection_or_patience_before_it(paths, tmp_path, monkeypatch, min_epochs,
+                                                       best_epoch, epochs_run, stopped):
+  """Validation NDCG@20 per epoch 0.9, 0.1, 0.2, 0.15, 0.1, 0.3 with patience 2: without
+  --min_epochs epoch 1 wins and the run stops after epoch 3; with it, epochs before min_epochs are
+  neither selected nor counted towards patience."""
+  curve = iter([0.9, 0.1, 0.2, 0.15, 0.1, 0.3])
+  monkeypatch.setattr(train, "evaluate_params",
+                      lambda setup, params, splits: {"valid/ndcg@20": next(curve)})
+  config = synthetic.tiny_config(paths, groups=False, num_epochs=5, patience=2,
+                                 min_epochs=min_epochs)
+  progress = train._fit(train.create_model(config, data_lib.load_dataset(config)),
+                        str(tmp_path))
+  assert progress["best_epoch"] == best_epoch
+  assert len(progress["history"]) == epochs_run
+  assert progress["stopped_early"] == stopped
+  assert restore(config, tmp_path, "best")[1]["best_epoch"] == best_epoch
 
 
 # --- Determinism and resuming. --------------------------------------------------------------------
@@ -362,7 +474,7 @@ def test_launch_train_writes_artefacts_and_evaluate_reproduces(paths, tmp_path):
   run_python(["launch/train.py", *synthetic.flag_args(config), f"--workdir={workdir}"],
              cache_dir=cache)
   for name in ("flags.txt", "config.json", "metrics.jsonl", "final_metrics.json",
-               "recommendations.tsv", "training_curve.png"):
+               "recommendations.tsv", "training_curve.png", "per_user_test.npz"):
     assert (workdir / name).is_file(), name
   for name in ("latest", "best"):
     assert any((workdir / "checkpoints" / name).iterdir()), name
@@ -391,6 +503,16 @@ def test_launch_train_writes_artefacts_and_evaluate_reproduces(paths, tmp_path):
   assert len(rows) == 20 * dataset.num_users
   assert not known & {(user, item) for user, _, item, _ in rows}
 
+  # Per-user test metrics: raw ids of the evaluated users; their means are the reported metrics.
+  with np.load(workdir / "per_user_test.npz") as per_user:
+    test_users = np.unique(dataset.test.users[dataset.test.labels > 0])
+    np.testing.assert_array_equal(per_user["user_ids"], dataset.user_ids[test_users])
+    assert set(per_user.files) == {"user_ids"} | {
+        name[len("test/"):] for name in final if name.startswith("test/") and
+        name != "test/num_users"}
+    for name in per_user.files[1:]:
+      assert float(np.mean(per_user[name])) == pytest.approx(final[f"test/{name}"], rel=1e-12)
+
   output = tmp_path / "evaluated.json"
   stdout = run_python(["launch/evaluate.py", f"--workdir={workdir}", f"--output={output}"],
                       cache_dir=cache)
@@ -398,6 +520,35 @@ def test_launch_train_writes_artefacts_and_evaluate_reproduces(paths, tmp_path):
   assert evaluated == json.loads(stdout)
   reported = {k: v for k, v in final.items() if k.startswith(("valid/", "test/"))}
   assert evaluated == reported
+
+
+def test_mostpop_ranks_by_train_popularity_through_the_same_pipeline(paths, tmp_path):
+  config = synthetic.tiny_config(paths, groups=False, model="mostpop")
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert final["best_epoch"] == 0 and final["model_dir"] == "."
+  for name in ("final_metrics.json", "recommendations.tsv", "per_user_test.npz"):
+    assert (tmp_path / name).is_file(), name
+  # Every user's recommendations: the most popular items (train positives) it has not seen.
+  dataset = data_lib.load_dataset(config)
+  popularity = np.bincount(dataset.train.positives.items, minlength=dataset.num_items)
+  known = {(u, i) for part in (dataset.train, dataset.valid) for u, i in zip(part.users, part.items)}
+  rows = [line.split("\t") for line in (tmp_path / "recommendations.tsv").read_text().splitlines()[1:]]
+  item_index = {str(raw): i for i, raw in enumerate(dataset.item_ids)}
+  for user in range(0, dataset.num_users, 7):
+    unseen = [i for i in range(dataset.num_items) if (user, i) not in known]
+    expected = sorted(unseen, key=lambda i: (-popularity[i], i))[:config.num_recommendations]
+    got = [item_index[item] for raw_user, _, item, _ in rows
+           if raw_user == str(dataset.user_ids[user])]
+    assert got == expected, user
+  # The metrics are those of ranking by popularity in the shared evaluation.
+  expected = evaluation.evaluate(np.ones((dataset.num_users, 1), np.float32),
+                                 popularity[:, None].astype(np.float32), dataset, "test",
+                                 config.top_k)
+  assert {k: v for k, v in final.items() if k.startswith("test/")} == {
+      f"test/{k}": v for k, v in expected.items()}
+  run = inference.load_run(str(tmp_path))  # launch/evaluate.py's path restores it too.
+  assert train.evaluate_params(run.setup, run.params) == {
+      k: v for k, v in final.items() if k.startswith(("valid/", "test/"))}
 
 
 def test_retrain_on_full_writes_full_model(paths, tmp_path):

@@ -32,8 +32,10 @@ class Candidates:
 
 def cf_candidates(run, split: str, top_n: int, batch_size: int = 1024) -> Candidates:
   """Top-N of `run` (a `lagcl_jax.inference.TrainedRun`) for every user with a label-1 item in
-  `split`, masking what full-ranking evaluation masks (train; train + valid for test)."""
-  users, relevant, exclude = evaluation.split_targets(run.dataset, split)
+  `split`, masking what full-ranking evaluation masks (train; at test also valid unless
+  --test_mask_valid=false)."""
+  users, relevant, exclude = evaluation.split_targets(run.dataset, split,
+                                                      run.config.test_mask_valid)
   if not users.size:
     raise ValueError(f"The run's {split} split has no user with a label-1 item (a run retrained "
                      "on train+valid has no validation split to choose alpha on).")
