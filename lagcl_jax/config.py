@@ -89,6 +89,12 @@ class Config:
       "data's users or items")
   allow_degenerate_groups: bool = setting(
       False, "with --groups on, allow a grouping where every user (or item) is in one group")
+  group_losses: str = setting(
+      "both", "with --groups on, which losses use them: both | infonce (hard in-batch negatives) "
+      "| bpr (the extra hard negative)")
+  shuffle_groups: bool = setting(
+      False, "control: permute the group labels over users and over items (seeded by --seed), "
+      "keeping every group's size: random groups of the same sizes")
   graph_edges: str = setting(
       "positive", "positive: +1 train items are edges; all: every rated train item (+1 and -1)")
 
@@ -171,6 +177,16 @@ class Config:
     return self.groups != "none"
 
   @property
+  def groups_in_infonce(self) -> bool:
+    """Whether the InfoNCE treats same-group negatives as hard."""
+    return self.uses_groups and self.group_losses in ("both", "infonce")
+
+  @property
+  def groups_in_bpr(self) -> bool:
+    """Whether BPR adds a (weighted) same-group hard negative."""
+    return self.uses_groups and self.group_losses in ("both", "bpr")
+
+  @property
   def contrastive(self) -> bool:
     """Whether training adds the InfoNCE term (SimGCL or XSimGCL with lambda > 0)."""
     return self.model in ("simgcl", "xsimgcl") and self.cl_weight > 0
@@ -196,6 +212,10 @@ def validate(config: Config) -> None:
   _check(c.readout in READOUTS, "readout", c.readout, " | ".join(READOUTS))
   _check(c.init in ("xavier", "normal"), "init", c.init, "xavier or normal")
   _check(c.reg_form in ("propagated", "ego"), "reg_form", c.reg_form, "propagated or ego")
+  _check(c.group_losses in ("both", "infonce", "bpr"), "group_losses", c.group_losses,
+         "both, infonce or bpr")
+  _check(not c.shuffle_groups or c.uses_groups, "shuffle_groups", c.shuffle_groups,
+         "--groups=files or metadata (there are no groups to shuffle)")
   _check(c.graph_edges in ("positive", "all"), "graph_edges", c.graph_edges, "positive or all")
   _check(c.groups in ("none", "files", "metadata"), "groups", c.groups,
          "none, files or metadata")

@@ -205,6 +205,14 @@ def _load_files(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarra
   return loaded["user"][0], loaded["item"][0], report
 
 
+def shuffle_groups(user_groups: np.ndarray, item_groups: np.ndarray,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """The group labels permuted over users and over items: random groups of the same sizes (the
+  control that tells whether a grouping's content matters)."""
+  rng = np.random.default_rng([seed, 2])
+  return rng.permutation(user_groups), rng.permutation(item_groups)
+
+
 def build_groups(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, dict]:
   """User and item groups as `config.groups` says: none, files or metadata.
 
@@ -225,6 +233,9 @@ def build_groups(config: Config, dataset: Dataset) -> tuple[np.ndarray, np.ndarr
     user_groups, item_groups, report = metadata_groups(dataset)
   else:
     raise ValueError(f"--groups={config.groups!r}: expected none, files or metadata.")
+  if config.shuffle_groups:
+    user_groups, item_groups = shuffle_groups(user_groups, item_groups, config.seed)
+    report["shuffled"] = True
   if config.uses_groups and not config.allow_degenerate_groups:
     for kind, assigned in (("user", user_groups), ("item", item_groups)):
       if assigned.size and np.unique(assigned).size < 2:

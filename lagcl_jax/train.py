@@ -122,7 +122,7 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
   noise_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), state.step)
   # XSimGCL trains on its noisy pass; SimGCL and LightGCN on the noise-free one.
   main_noise = noise_key if config.model == "xsimgcl" and config.eps > 0 else None
-  neg_weights = jnp.array([1.0, config.hard_weight] if config.uses_groups else [1.0])
+  neg_weights = jnp.array([1.0, config.hard_weight] if config.groups_in_bpr else [1.0])
 
   def contrast(anchor_view, candidate_view, nodes, node_groups, first, normaliser):
     """Group-weighted InfoNCE of this device's nodes against the whole batch's other view."""
@@ -130,10 +130,10 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
     candidate_groups = jax.lax.all_gather(node_groups, _AXIS, tiled=True)
     candidate_valid = jax.lax.all_gather(first, _AXIS, tiled=True) > 0
     positive_index = jax.lax.axis_index(_AXIS) * nodes.shape[0] + jnp.arange(nodes.shape[0])
-    if not config.uses_groups:  # Plain InfoNCE: one temperature, no hard negatives.
+    if not config.groups_in_infonce:  # Plain InfoNCE: one temperature, no hard negatives.
       node_groups = positive_index
       candidate_groups = jnp.arange(candidates.shape[0])
-    tau_easy = config.tau_easy if config.uses_groups else config.tau_positive
+    tau_easy = config.tau_easy if config.groups_in_infonce else config.tau_positive
     return losses.group_infonce(
         anchor_view[nodes], candidates, positive_index, node_groups, candidate_groups, first,
         candidate_valid, normaliser, config.tau_positive, tau_easy, config.tau_hard,
@@ -252,7 +252,7 @@ def batch_sampler(setup: Setup) -> sampler_lib.BatchSampler:
   """The sampler of the run's training batches."""
   config, dataset = setup.config, setup.dataset
   return sampler_lib.BatchSampler(
-      dataset.train, dataset.num_users, dataset.num_items, setup.item_groups, config.uses_groups,
+      dataset.train, dataset.num_users, dataset.num_items, setup.item_groups, config.groups_in_bpr,
       config.hard_negatives_from_dislikes, config.batch_size, config.seed)
 
 

@@ -25,6 +25,8 @@ def test_defaults_and_each_model_are_valid():
     (dict(cl_warmup_steps=-1), "cl_warmup_steps"),
     (dict(top_k=(10, 0)), "top_k"),
     (dict(select_metric="valid/ndcg@40"), "select_metric"),
+    (dict(groups="metadata", group_losses="contrastive"), "group_losses"),
+    (dict(shuffle_groups=True), "shuffle_groups"),
 ])
 def test_bad_values_name_their_flag(changes, flag):
   with pytest.raises(ValueError, match=f"--{flag}="):

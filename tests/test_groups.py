@@ -221,3 +221,19 @@ def test_degenerate_grouping_stops_unless_allowed(tmp_path):
   one_genre = small_dataset([["Drama"], ["Drama"]], [(0, 0, 1), (1, 1, 1), (2, 0, 1)])
   with pytest.raises(ValueError, match="every item is in the same group"):
     groups.build_groups(Config(groups="metadata"), one_genre)
+
+
+def test_shuffled_groups_keep_every_group_size_and_follow_the_seed(tmp_path):
+  dataset = small_dataset([["Drama"], ["Comedy"], ["Drama"], ["War"]],
+                          [(0, 0, 1), (1, 1, 1), (2, 2, 1), (2, 3, 1), (0, 3, 1)])
+  config = Config(groups="metadata")
+  users, items, _ = groups.build_groups(config, dataset)
+  runs = {seed: groups.build_groups(config.replace(shuffle_groups=True, seed=seed), dataset)
+          for seed in (0, 0, 1, 2, 3)}
+  for shuffled_users, shuffled_items, report in runs.values():
+    assert report["shuffled"]
+    assert sorted(shuffled_users.tolist()) == sorted(users.tolist())
+    assert sorted(shuffled_items.tolist()) == sorted(items.tolist())
+  again = groups.build_groups(config.replace(shuffle_groups=True, seed=0), dataset)
+  np.testing.assert_array_equal(again[1], runs[0][1])
+  assert any(not np.array_equal(run[1], items) for run in runs.values())

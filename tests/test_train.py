@@ -112,18 +112,20 @@ def reference_contrast(config, setup, batch, anchor_view, candidate_view, groups
   return expected
 
 
-@pytest.mark.parametrize("model,groups", [("xsimgcl", False), ("xsimgcl", True),
-                                          ("lightgcn", False), ("lightgcn", True)])
-def test_train_step_losses_match_numpy_reference(paths, model, groups):
+@pytest.mark.parametrize("model,groups,group_losses", [
+    ("xsimgcl", False, "both"), ("xsimgcl", True, "both"), ("xsimgcl", True, "infonce"),
+    ("xsimgcl", True, "bpr"), ("lightgcn", False, "both"), ("lightgcn", True, "both")])
+def test_train_step_losses_match_numpy_reference(paths, model, groups, group_losses):
   """eps=0: the step's loss terms equal BPR + L2 (+ InfoNCE) computed from a dense LightGCN.
 
   XSimGCL: readout over layers 1..L, L2 on the propagated user and positive rows. LightGCN
   (He et al. 2020): readout over layers 0..L, L2 = 0.5 ||.||^2 of the layer-0 user, positive and
-  negative rows per batch row, no contrastive term (even with --cl_weight > 0).
+  negative rows per batch row, no contrastive term (even with --cl_weight > 0). --group_losses
+  picks the losses that see the groups (BPR: the weighted hard negative; InfoNCE: hard negatives).
   """
   faithful = dict(readout="layers_0_to_L", reg_form="ego") if model == "lightgcn" else {}
   config = synthetic.tiny_config(paths, groups=groups, eps=0.0, tau=0.5, cl_weight=0.3,
-                                 reg=0.01, model=model, **faithful)
+                                 reg=0.01, model=model, group_losses=group_losses, **faithful)
   setup, state, batch, terms = one_step_terms(config)
   # Repeated users and items: only first occurrences are anchors and candidates.
   assert batch.user_first.sum() < batch.row_weights.sum()
@@ -138,7 +140,7 @@ def test_train_step_losses_match_numpy_reference(paths, model, groups):
   final = np.mean(layers if model == "lightgcn" else layers[1:], axis=0)
   users, pos, neg = batch.users, batch.pos_items + num_users, batch.neg_items + num_users
   rows = batch.row_weights.sum()
-  neg_weights = [1.0, config.hard_weight] if groups else [1.0]
+  neg_weights = [1.0, config.hard_weight] if groups and group_losses != "infonce" else [1.0]
   if model == "lightgcn":
     ego = layers[0]
     reg = sum(w * 0.5 * (ego[u] @ ego[u] + ego[p] @ ego[p] + sum(ego[n] @ ego[n] for n in ns))
@@ -151,7 +153,7 @@ def test_train_step_losses_match_numpy_reference(paths, model, groups):
               "reg": config.reg * reg}
   if model == "xsimgcl":
     expected.update(reference_contrast(config, setup, batch, final, layers[config.cl_layer],
-                                       groups))
+                                       groups and group_losses != "bpr"))
   expected["loss"] = sum(expected.values())
   assert set(terms) == set(expected)
   for name, value in expected.items():
