@@ -18,10 +18,13 @@ Rules (all counted in `Dataset.summary`):
     known item during full ranking, so it could only ever be a guaranteed miss.
   * Without `--test_file`, test is split off the train file, and without `--valid_file`
     validation is carved from train, both by `--split` (see `lagcl_jax.splits`).
-  * `augment_file` rows (paper format, raw ids) are added to train after validation is carved.
-    An unknown raw id is an error (counted skip under `skip_bad_rows`); a pair that is already
-    in train, valid or test is dropped and counted, so augmentation never changes the
-    evaluation sets or leaks them into train.
+  * `augment_file` rows (paper format, raw ids) are added to train after validation is carved
+    and kept apart as `Dataset.augmented`. An unknown raw id is an error (counted skip under
+    `skip_bad_rows`); a pair already in train or valid is dropped and counted. The test split
+    never shapes training data: an augmented pair that happens to be a test pair stays (counted
+    as `augment_test_pair_rows`). Augmented rows are predictions, not observations, so
+    evaluation does not mask them: an LLM's correct guess of a test item can count as a hit,
+    and a wrong one takes a slot in the ranking.
   * Cold test users (test positives but no train positive: training never updates their
     embedding) are counted as `cold_test_users`; evaluation reports them apart (`test_cold/`).
 """
@@ -247,10 +250,11 @@ def split_parts(config: Config, parts: dict[str, _Split], num_users: int, num_it
 # Loading.
 
 
-def _add_augmentation(config: Config, train: Interactions, others: list[Interactions],
-                      user_ids: np.ndarray, item_ids: np.ndarray, bad_rows: BadRows,
-                      counts: dict) -> Interactions:
-  """Adds augment_file rows to train (unknown ids: error or counted skip; overlaps dropped)."""
+def _read_augmentation(config: Config, train: Interactions, valid: Interactions,
+                       test: Interactions, user_ids: np.ndarray, item_ids: np.ndarray,
+                       bad_rows: BadRows, counts: dict) -> Interactions:
+  """The augment_file rows to add to train (unknown ids: error or counted skip; pairs in train or
+  valid dropped; pairs that are test pairs kept and counted)."""
   data, file_name = _read_file(config.augment_file, "augment_file")
   rows = readers.read_paper_file(data, file_name, bad_rows)
   users, items = _index_of(user_ids, rows.users), _index_of(item_ids, rows.items)
@@ -269,14 +273,15 @@ def _add_augmentation(config: Config, train: Interactions, others: list[Interact
                          rows.labels[~unknown])
   num_items = item_ids.shape[0]
   augment = augment.select(_dedupe(augment, num_items, file_name, counts))
-  existing = np.concatenate([_pair_keys(part, num_items) for part in [train] + others])
+  existing = np.concatenate([_pair_keys(part, num_items) for part in (train, valid)])
   overlap = np.isin(_pair_keys(augment, num_items), existing)
   counts["augment_overlap_rows"] = int(overlap.sum())
   augment = augment.select(~overlap)
   counts["augmented_positives"] = int((augment.labels > 0).sum())
   counts["augmented_negatives"] = int((augment.labels < 0).sum())
-  merged = Interactions.concatenate([train, augment])
-  return merged.select(np.lexsort((merged.items, merged.users)))
+  in_test = np.isin(_pair_keys(augment, num_items), _pair_keys(test, num_items))
+  counts["augment_test_pair_rows"] = int(in_test.sum())
+  return augment
 
 
 def _split_stats(name: str, split: Interactions, summary: dict) -> None:
@@ -311,7 +316,7 @@ def load_dataset(config: Config) -> Dataset:
   bad_rows = BadRows(config.skip_bad_rows, config.max_bad_fraction)
   counts: dict[str, Any] = {"duplicate_rows": 0, "augmented_positives": 0,
                             "augmented_negatives": 0, "augment_unknown_rows": 0,
-                            "augment_overlap_rows": 0}
+                            "augment_overlap_rows": 0, "augment_test_pair_rows": 0}
   source = read_source(config, bad_rows)
   raw_parts = list(source.parts.values())
   user_ids = _natural_order(np.concatenate([p.users for p in raw_parts]))
@@ -320,14 +325,18 @@ def load_dataset(config: Config) -> Dataset:
   parts = {name: _to_split(raw, user_ids, item_ids, counts)
            for name, raw in source.parts.items()}
   train, valid, test = split_parts(config, parts, num_users, num_items, counts)
+  augmented = Interactions.empty()
   if config.augment_file:
-    train = _add_augmentation(config, train, [valid, test], user_ids, item_ids, bad_rows,
-                              counts)
+    augmented = _read_augmentation(config, train, valid, test, user_ids, item_ids, bad_rows,
+                                   counts)
+    train = Interactions.concatenate([train, augmented])
+    train = train.select(np.lexsort((train.items, train.users)))
 
   dataset = Dataset(
       name=config.dataset, user_ids=user_ids, item_ids=item_ids, train=train, valid=valid,
       test=test, user_meta=[source.user_meta.get(u, {}) for u in user_ids.tolist()],
-      item_meta=[source.item_meta.get(i, {}) for i in item_ids.tolist()], summary={})
+      item_meta=[source.item_meta.get(i, {}) for i in item_ids.tolist()], summary={},
+      augmented=augmented)
   given = [p.file_name for p in raw_parts]
   dataset.summary.update(dataset=config.dataset, files=given, split=(
       "given files" if {"test", "valid"} <= source.parts.keys() else config.split),

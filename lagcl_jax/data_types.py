@@ -59,6 +59,7 @@ class Dataset:
     user_meta: per internal user a dict (e.g. gender, age, occupation, zip); may be empty dicts.
     item_meta: per internal item a dict (e.g. title, year, genres: list[str]); may be empty dicts.
     summary: counts from loading (rows, duplicates, cold test items, ...), printed at load.
+    augmented: the LLM-augmented rows (`--augment_file`), also in train; empty without them.
   """
   name: str
   user_ids: np.ndarray
@@ -69,6 +70,15 @@ class Dataset:
   user_meta: list[dict[str, Any]]
   item_meta: list[dict[str, Any]]
   summary: dict[str, Any]
+  augmented: Interactions = dataclasses.field(default_factory=Interactions.empty)
+
+  def observed_train(self) -> Interactions:
+    """The train rows without the augmented ones: what evaluation masks as known."""
+    if not len(self.augmented):
+      return self.train
+    keys = self.train.users.astype(np.int64) * self.num_items + self.train.items
+    augmented = self.augmented.users.astype(np.int64) * self.num_items + self.augmented.items
+    return self.train.select(~np.isin(keys, augmented))
 
   @property
   def num_users(self) -> int:

@@ -105,6 +105,7 @@ def split_targets(dataset: Dataset, split: str, mask_valid: bool = True,
                   ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
   """(evaluated users, their relevant-item rows, the users x items mask of known items).
 
+  Known items are masked; augmented train rows (`Dataset.augmented`) are predictions, not known.
   valid: relevant = label-1 valid items, known = train. test: relevant = label-1 test items,
   known = train + valid, or train only with `mask_valid=False`. Users without a train positive
   (`Dataset.has_train_positive`) are evaluated only with `cold=True`, which evaluates only them.
@@ -112,7 +113,7 @@ def split_targets(dataset: Dataset, split: str, mask_valid: bool = True,
   if split not in ("valid", "test"):
     raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
   target = dataset.valid if split == "valid" else dataset.test
-  known = [dataset.train] + ([dataset.valid] if split == "test" and mask_valid else [])
+  known = [dataset.observed_train()] + ([dataset.valid] if split == "test" and mask_valid else [])
   relevant_all = interaction_matrix(dataset.num_users, dataset.num_items, target.positives)
   users = np.flatnonzero(np.diff(relevant_all.indptr) > 0).astype(np.int32)
   users = users[dataset.has_train_positive()[users] != cold]

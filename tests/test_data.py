@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lagcl_jax import data
+from lagcl_jax import evaluation
 from lagcl_jax import movielens
 from lagcl_jax import splits
 from lagcl_jax.config import Config
@@ -142,12 +143,29 @@ def test_augment_rows_are_added_to_train(tmp_path):
   augment = write(tmp_path / "augment.txt", "1 3 1\n2 1 -1\n1 1 1\n1 4 1\n")
   dataset = data.load_dataset(paper_config(tmp_path, "1 1 1\n2 2 1\n", "1 4 1\n2 3 -1\n",
                                            augment_file=augment))
-  # 1-1 is already in train and 1-4 is a test pair: both dropped.
+  # 1-1 is already in train: dropped. 1-4 is a test pair: the test split never shapes training
+  # data, so it stays, counted.
   assert pairs(dataset, "train") == {("1", "1", 1), ("2", "2", 1), ("1", "3", 1),
-                                     ("2", "1", -1)}
+                                     ("2", "1", -1), ("1", "4", 1)}
   summary = dataset.summary
-  assert summary["augmented_positives"] == 1 and summary["augmented_negatives"] == 1
-  assert summary["augment_overlap_rows"] == 2 and summary["augment_unknown_rows"] == 0
+  assert summary["augmented_positives"] == 2 and summary["augmented_negatives"] == 1
+  assert summary["augment_overlap_rows"] == 1 and summary["augment_unknown_rows"] == 0
+  assert summary["augment_test_pair_rows"] == 1
+  assert len(dataset.augmented) == 3
+  assert len(dataset.observed_train()) == 2
+
+
+def test_augmented_rows_are_not_masked_at_evaluation(tmp_path):
+  """An augmented pair that is a test pair can be a hit; observed train items stay masked."""
+  augment = write(tmp_path / "augment.txt", "1 4 1\n")
+  dataset = data.load_dataset(paper_config(tmp_path, "1 1 1\n2 2 1\n2 4 1\n", "1 4 1\n",
+                                           augment_file=augment))
+  users, relevant, exclude = evaluation.split_targets(dataset, "test")
+  user, item4, item1 = (int(np.flatnonzero(ids == raw)[0])
+                        for ids, raw in ((dataset.user_ids, "1"), (dataset.item_ids, "4"),
+                                         (dataset.item_ids, "1")))
+  assert users.tolist() == [user] and relevant[0, item4]
+  assert not exclude[user, item4] and exclude[user, item1]
 
 
 def test_augment_unknown_id_is_an_error_or_a_counted_skip(tmp_path):
@@ -160,8 +178,9 @@ def test_augment_unknown_id_is_an_error_or_a_counted_skip(tmp_path):
   dataset = data.load_dataset(config.replace(skip_bad_rows=True, max_bad_fraction=0.7))
   assert dataset.summary["augment_unknown_rows"] == 2
   assert dataset.summary["skipped_rows"] == 2
-  assert dataset.summary["augment_overlap_rows"] == 1  # 1-3 is a test pair
-  assert len(dataset.train) == 1
+  assert dataset.summary["augment_overlap_rows"] == 0  # 1-3 is a test pair: kept, counted.
+  assert dataset.summary["augment_test_pair_rows"] == 1
+  assert len(dataset.train) == 2
 
 
 # --- Splits ----------------------------------------------------------------------------------
