@@ -345,7 +345,7 @@ def test_recbole_atomic_files(tmp_path):
   assert dataset.user_meta[1] == {"age": "53", "gender": "F"}
   # The .item text reaches the LLM profiles.
   item_text = profiles.template_profiles(dataset, max_titles=5, noun="movie").item_text
-  assert item_text == ["Toy Story (1995); genres: Animation, Comedy", "Heat (1995); genres: Action"]
+  assert item_text == ["Toy Story (1995); genre: Animation, Comedy", "Heat (1995); genre: Action"]
   implicit = data.load_dataset(config.replace(implicit=True))
   assert (implicit.test.labels == 1).all() and (implicit.train.labels == 1).all()
 

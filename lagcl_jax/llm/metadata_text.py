@@ -104,15 +104,16 @@ def _field_text(values: list[str]) -> str:
 
 def _described_fields(meta: dict[str, Any], skip: set[str]) -> list[str]:
   """`key: value` of every usable field not in `skip`; a field repeating the values of the
-  title or of an earlier field (a reader's `title` copy of `WineName`) is shown once."""
+  title or of an earlier field (a reader's `title` copy of `WineName`, or RecBole's tokenised
+  `movie_title` of a title) is shown once."""
   parts = []
-  shown = {tuple(_values(meta[key])) for key in skip if key in meta}
+  shown = {" ".join(_values(meta[key])) for key in skip if key in meta}
   for key, value in meta.items():
     if key in skip or _is_id_key(key) or key.lower() in _SKIPPED_KEYS:
       continue
     values = _values(value)
-    if values and tuple(values) not in shown:
-      shown.add(tuple(values))
+    if values and " ".join(values) not in shown:
+      shown.add(" ".join(values))
       parts.append(f"{field_label(key)}: {_field_text(values)}")
   return parts
 
