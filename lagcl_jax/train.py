@@ -457,12 +457,14 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, *, overwrite: bo
     final = _completed_run(config, workdir)
     if final is not None:
       return final
+    # Bad data or groups fail here, before the run's files are written.
+    setup = create_model(config, data_lib.load_dataset(config))
     if writes_files:
       reporting.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE),
                            dataclasses.asdict(config))
       if flagfile is not None:
         reporting.atomic_write_text(os.path.join(workdir, "flags.txt"), flagfile)
-    return _train_and_evaluate(config, workdir, writes_files)
+    return _train_and_evaluate(setup, workdir, writes_files)
 
 
 def _completed_run(config: config_lib.Config, workdir: str) -> Optional[dict[str, Any]]:
@@ -492,11 +494,9 @@ def _completed_run(config: config_lib.Config, workdir: str) -> Optional[dict[str
   return final
 
 
-def _train_and_evaluate(config: config_lib.Config, workdir: str,
-                        writes_files: bool) -> dict[str, Any]:
+def _train_and_evaluate(setup: Setup, workdir: str, writes_files: bool) -> dict[str, Any]:
   """`train_and_evaluate` in a claimed work directory."""
-  dataset = data_lib.load_dataset(config)
-  setup = create_model(config, dataset)
+  config, dataset = setup.config, setup.dataset
   progress = _train(setup, workdir)
   final = {"best_epoch": progress["best_epoch"]}
   params = restore_params(setup, workdir)[0]  # Every process: orbax synchronises them.

@@ -129,6 +129,17 @@ def test_a_second_run_on_a_workdir_in_use_stops_at_once(finished, tmp_path):
   assert_evaluates_to(workdir, final)
 
 
+def test_bad_input_fails_before_the_run_files_are_written(paths, tmp_path):
+  """A typo in the data flags leaves no config behind, so the corrected command just runs."""
+  workdir = str(tmp_path / "run")
+  config = synthetic.tiny_config(paths, groups=True, num_epochs=1)
+  with pytest.raises(FileNotFoundError, match="--train_file"):
+    train.train_and_evaluate(config.replace(train_file=str(tmp_path / "typo.txt")), workdir)
+  assert snapshot(workdir) == {}
+  with workdir_lib.claim(workdir, config, overwrite=False):
+    pass  # The corrected config claims the directory: no mismatch with the failed attempt.
+
+
 def test_a_lock_left_by_a_dead_process_is_taken_over(paths, tmp_path):
   """A kill -9 leaves run.lock (with the dead pid) but no flock: the next run takes it."""
   config = synthetic.tiny_config(paths, groups=False)
