@@ -25,6 +25,12 @@ def ml100k_dir() -> str:
 
 
 @pytest.fixture(scope="session")
+def xwines_dir() -> str:
+  """../shared/data/x-wines (X-Wines CSV files, including the authors' tiny test version)."""
+  return _shared("x-wines")
+
+
+@pytest.fixture(scope="session")
 def ml1m_dir() -> str:
   """../shared/data/ml-1m (the paper's split, group files and metadata)."""
   return _shared("ml-1m")

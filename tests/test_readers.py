@@ -15,7 +15,6 @@ from lagcl_jax.config import Config
 from lagcl_jax.llm import profiles
 from lagcl_jax.parsing import BadRows
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "x-wines")
 
 
 def write(path, text: str, encoding: str = "utf-8") -> str:
@@ -356,27 +355,27 @@ def test_recbole_without_typed_header_is_named(tmp_path):
     data.load_dataset(Config(dataset="recbole", train_file=inter))
 
 
-# --- X-Wines (CC0 test files) end to end -----------------------------------------------------
+# --- X-Wines (the authors' tiny test files, from ../shared/data) end to end -----------------------------------------------------
 
 
-def xwines_config(**changes) -> Config:
+def xwines_config(folder: str, **changes) -> Config:
   return Config(
-      dataset="ratings", train_file=os.path.join(FIXTURES, "XWines_Test_1K_ratings.csv"),
+      dataset="ratings", train_file=os.path.join(folder, "XWines_Test_1K_ratings.csv"),
       user_col="UserID", item_col="WineID", rating_col="Rating", time_col="Date",
       like_threshold=4.0, split="temporal_fraction",
-      item_file=os.path.join(FIXTURES, "XWines_Test_100_wines.csv"), item_id_col="WineID",
+      item_file=os.path.join(folder, "XWines_Test_100_wines.csv"), item_id_col="WineID",
       item_genre_col="Type").replace(**changes)
 
 
-def test_xwines_test_files_end_to_end():
-  config = xwines_config()
+def test_xwines_test_files_end_to_end(xwines_dir):
+  config = xwines_config(xwines_dir)
   config_lib.validate(config)
   dataset = data.load_dataset(config)
   summary = dataset.summary
   assert (summary["users"], summary["items"]) == (636, 100)
   assert summary["train_rows"] + summary["valid_rows"] + summary["test_rows"] == 1000
   assert summary["skipped_rows"] == 0 and summary["items_with_metadata"] == 100
-  with open(os.path.join(FIXTURES, "XWines_Test_1K_ratings.csv"), encoding="utf-8") as f:
+  with open(os.path.join(xwines_dir, "XWines_Test_1K_ratings.csv"), encoding="utf-8") as f:
     ratings = [line.strip().split(",") for line in f.readlines()[1:]]
   liked = sum(float(r[4]) >= 4.0 for r in ratings)
   assert summary["train_positives"] + summary["valid_positives"] + summary["test_positives"] \
