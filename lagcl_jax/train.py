@@ -414,10 +414,10 @@ def merge_validation(dataset: Dataset) -> Dataset:
                              valid=Interactions.empty())
 
 
-def _write_recommendations(setup: Setup, params, path: str) -> None:
+def _write_recommendations(setup: Setup, user_emb: np.ndarray, item_emb: np.ndarray,
+                           path: str) -> None:
   """Top-K items of every user, with everything the model trained on (train, valid) masked."""
   dataset, config = setup.dataset, setup.config
-  user_emb, item_emb = compute_embeddings(setup, params)
   exclude = evaluation.interaction_matrix(dataset.num_users, dataset.num_items, dataset.train,
                                           dataset.valid)
   all_users = np.arange(dataset.num_users, dtype=np.int32)
@@ -426,11 +426,11 @@ def _write_recommendations(setup: Setup, params, path: str) -> None:
   reporting.write_recommendations(path, dataset, items, scores)
 
 
-def write_per_user_test(setup: Setup, params, path: str) -> None:
+def _write_per_user_test(setup: Setup, user_emb: np.ndarray, item_emb: np.ndarray,
+                         path: str) -> None:
   """Per-user test metrics as an .npz: `user_ids` (raw ids of the evaluated users, in evaluation
   order) and one float array per metric key ("ndcg@20", ...); written atomically."""
   config, dataset = setup.config, setup.dataset
-  user_emb, item_emb = compute_embeddings(setup, params)
   users, per_user = evaluation.evaluate_per_user(user_emb, item_emb, dataset, "test",
                                                  config.top_k, config.eval_batch_size,
                                                  config.test_mask_valid)
@@ -512,8 +512,9 @@ def _train_and_evaluate(setup: Setup, workdir: str, writes_files: bool) -> dict[
     final.update(evaluate_params(setup, params, splits=("test",)))
   final["model_dir"] = model_dir
   if writes_files:
-    _write_recommendations(setup, params, os.path.join(workdir, "recommendations.tsv"))
-    write_per_user_test(setup, params, os.path.join(workdir, "per_user_test.npz"))
+    embeddings = compute_embeddings(setup, params)  # Once for both files.
+    _write_recommendations(setup, *embeddings, os.path.join(workdir, "recommendations.tsv"))
+    _write_per_user_test(setup, *embeddings, os.path.join(workdir, "per_user_test.npz"))
     reporting.write_json(os.path.join(workdir, "final_metrics.json"), final)
     reporting.plot_history(workdir, progress["history"], config.select_metric)
   logging.info("Final: %s", reporting.format_record(final))
