@@ -19,6 +19,14 @@ def write_json(path: str, value: Any) -> None:
   atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=_plain) + "\n")
 
 
+def write_per_user_metrics(path: str, user_ids: np.ndarray,
+                           per_user: dict[str, np.ndarray]) -> None:
+  """Per-user metrics as an .npz (e.g. per_user_test.npz): `user_ids` (raw ids, as str) and one
+  float array per metric key ("ndcg@20", ...) in the same order; written atomically."""
+  with files.atomic_writer(path) as f:
+    np.savez(f, user_ids=np.asarray(user_ids).astype(str), **per_user)
+
+
 def _plain(value):
   if isinstance(value, (np.integer, np.floating)):
     return value.item()

@@ -30,7 +30,6 @@ from lagcl_jax import checkpointing
 from lagcl_jax import config as config_lib
 from lagcl_jax import data as data_lib
 from lagcl_jax import evaluation
-from lagcl_jax import files
 from lagcl_jax import graph as graph_lib
 from lagcl_jax import groups as groups_lib
 from lagcl_jax import losses
@@ -434,8 +433,7 @@ def _write_per_user_test(setup: Setup, user_emb: np.ndarray, item_emb: np.ndarra
   users, per_user = evaluation.evaluate_per_user(user_emb, item_emb, dataset, "test",
                                                  config.top_k, config.eval_batch_size,
                                                  config.test_mask_valid)
-  with files.atomic_writer(path) as f:
-    np.savez(f, user_ids=np.asarray(dataset.user_ids)[users].astype(str), **per_user)
+  reporting.write_per_user_metrics(path, np.asarray(dataset.user_ids)[users], per_user)
 
 
 

@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools import experiments  # pylint: disable=g-import-not-at-top
 
 _ROWS = flags.DEFINE_multi_string(
-    "row", [], "NAME: ARGS, one per row: model flagfiles and launch/train.py flags.")
+    "row", [], "NAME: ARGS, one per row: model flagfiles and launch/train.py flags; the token "
+    "--llm_rerank makes the row's runs reranked by the LLM.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of every row (--seed of launch/train.py).")
 _BASELINES = flags.DEFINE_list("baselines", [], "Rows the others are tested against.")
 _NAME = flags.DEFINE_string("name", None, "Experiment name; default: the config file's name.")
@@ -29,6 +30,13 @@ _EXPERIMENT_DIR = flags.DEFINE_string("experiment_dir", None,
                                       "Experiment folder; default runs/experiments/NAME.")
 _RUN_FLAGS = flags.DEFINE_multi_string(
     "run_flags", [], "launch/train.py flags appended to every run (after the row's own).")
+_LLM_FLAGS = flags.DEFINE_multi_string(
+    "llm_flags", [], "launch/llm.py flags of the reranked rows' reranks (e.g. "
+    "--flagfile=configs/llm_ml100k.cfg); the runner adds --stage=rerank, --backbone_workdir and "
+    "--rerank_dir.")
+_REUSE_RUNS_FROM = flags.DEFINE_list(
+    "reuse_runs_from", [], "Other experiments' folders whose finished runs with the same "
+    "launch/train.py arguments are used instead of training them again.")
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This machine's share of the runs.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Machines the runs are split over.")
 _DRY_RUN = flags.DEFINE_boolean("dry_run", False, "List the runs with their state; train nothing.")
@@ -66,6 +74,9 @@ def main(argv):
     rows = [experiments.parse_row(spec) for spec in _ROWS.value]
     run_flags = [arg for text in _RUN_FLAGS.value
                  for arg in experiments.parse_args(text, f"--run_flags={text!r}")]
+    llm_flags = [arg for text in _LLM_FLAGS.value
+                 for arg in experiments.parse_args(text, f"--llm_flags={text!r}")]
+    reusable = experiments.finished_runs(_REUSE_RUNS_FROM.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   try:
@@ -81,12 +92,12 @@ def main(argv):
   if not name:
     raise app.UsageError("Give --name or --experiment_dir when no --flagfile names the experiment.")
   experiment_dir = _EXPERIMENT_DIR.value or os.path.join("runs", "experiments", name)
-  runs = experiments.plan_runs(rows, seeds, experiment_dir, run_flags)
+  runs = experiments.plan_runs(rows, seeds, experiment_dir, run_flags, llm_flags, reusable)
   try:
     mine = experiments.shard(runs, _SHARD_INDEX.value, _NUM_SHARDS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  problems = (experiments.check_rows(rows, _BASELINES.value, run_flags)
+  problems = (experiments.check_rows(rows, _BASELINES.value, run_flags, llm_flags)
               + experiments.changed_runs(mine))
   if _PUBLISHED.value and not os.path.isfile(_PUBLISHED.value):
     problems.append(f"--published={_PUBLISHED.value}: file not found")
@@ -97,6 +108,9 @@ def main(argv):
     for run in mine:
       print(f"  {experiments.status(run):11s} {run.row} seed {run.seed}: "
             f"launch/train.py {' '.join(run.args)}")
+      if run.rerank_dir is not None:
+        print(f"    {experiments.rerank_status(run):11s} rerank: "
+              f"launch/llm.py {' '.join(run.rerank_args)}")
     for problem in problems:
       print(f"  PROBLEM: {problem}")
     return 0

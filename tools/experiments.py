@@ -59,10 +59,15 @@ from lagcl_jax import reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_COMMAND = (sys.executable, os.path.join(REPO, "launch", "train.py"))
+RERANK_COMMAND = (sys.executable, os.path.join(REPO, "launch", "llm.py"))
 RUN_FILE = "experiment_run.json"
 FINAL_FILE = "final_metrics.json"
 PER_USER_FILE = "per_user_test.npz"
 RUNNER_FLAGS = ("seed", "workdir")
+RERANK_MARKER = "--llm_rerank"  # In a row: its runs are reranked by the LLM after training.
+RERANK_RUN_FILE = "experiment_rerank.json"
+RERANK_FILE = "rerank.json"  # Written last by launch/llm.py --stage=rerank.
+RERANK_PER_USER_FILE = "rerank_per_user_test.npz"
 # launch/train.py's flags besides the Config fields (lagcl_jax/flags.py) and absl's logging ones.
 TRAIN_SCRIPT_FLAGS = ("flagfile", "coordinator_address", "num_processes", "process_id",
                       "verbosity", "v", "logtostderr", "alsologtostderr")
@@ -72,18 +77,23 @@ _ROW_NAME = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]+$")  # Not "." or "..": it name
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One line of the tables: a name and its launch/train.py arguments."""
+  """One line of the tables: a name, its launch/train.py arguments, and whether its runs are
+  reranked by the LLM."""
   name: str
   args: tuple[str, ...]
+  rerank: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One training run: a row with one seed, in its own work directory."""
+  """One row with one seed: a training run in its work directory (shared by rows that train
+  alike), and for a reranked row the LLM rerank of it in the row's own folder."""
   row: str
   seed: int
   workdir: str
   args: tuple[str, ...]  # launch/train.py arguments, --seed and --workdir last.
+  rerank_dir: Optional[str] = None  # None: not reranked.
+  rerank_args: tuple[str, ...] = ()  # launch/llm.py arguments of the rerank.
 
 
 def parse_args(text: str, where: str) -> tuple[str, ...]:
@@ -101,29 +111,70 @@ def parse_args(text: str, where: str) -> tuple[str, ...]:
 
 
 def parse_row(spec: str) -> Row:
-  """`NAME: ARGS` (see the module docstring) as a Row."""
+  """`NAME: ARGS` (see the module docstring) as a Row; the token --llm_rerank marks a reranked
+  row."""
   where = f"--row={spec!r}"
   name, sep, rest = spec.partition(":")
   name = name.strip()
   if not sep or not _ROW_NAME.match(name):
     raise ValueError(f"{where}: expected NAME: ARGS with a NAME of letters, digits, _ . -")
   args = parse_args(rest, where)
+  rerank = RERANK_MARKER in args
+  args = tuple(arg for arg in args if arg != RERANK_MARKER)
   if not args:
     raise ValueError(f"{where}: no model flagfile or flags after the name")
-  return Row(name, args)
+  return Row(name, args, rerank)
+
+
+def flag_names(*settings: type, script_flags: Sequence[str] = TRAIN_SCRIPT_FLAGS) -> set[str]:
+  """Every flag a launch script made from these settings dataclasses knows (booleans also as
+  --noNAME)."""
+  types = {}
+  for kind in settings:
+    types.update(typing.get_type_hints(kind))
+  booleans = {f"no{name}" for name, kind in types.items() if kind is bool}
+  return set(types) | booleans | set(script_flags)
 
 
 def train_flag_names() -> set[str]:
-  """Every flag launch/train.py knows (booleans also as --noNAME)."""
-  types = typing.get_type_hints(config_lib.Config)
-  booleans = {f"no{name}" for name, kind in types.items() if kind is bool}
-  return set(types) | booleans | set(TRAIN_SCRIPT_FLAGS)
+  """Every flag launch/train.py knows."""
+  return flag_names(config_lib.Config)
+
+
+def llm_flag_names() -> set[str]:
+  """Every flag launch/llm.py knows."""
+  from lagcl_jax.llm import options  # pylint: disable=g-import-not-at-top
+  return flag_names(config_lib.Config, options.LLMOptions,
+                    script_flags=(*TRAIN_SCRIPT_FLAGS, "stage"))
+
+
+def check_flags(where: str, args: Sequence[str], known: set[str], script: str,
+                seen: tuple[str, ...] = ()) -> list[str]:
+  """Problems of launch-script arguments: not a --flag, a flag the script does not know, a
+  missing flagfile; flagfiles are read (nested too) as absl reads them."""
+  problems = []
+  for arg in args:
+    name, _, value = arg[2:].partition("=")
+    if not arg.startswith("--"):
+      problems.append(f"{where}: {arg!r}: expected a --flag")
+    elif name not in known:
+      problems.append(f"{where}: {arg!r}: {script} has no flag --{name}")
+    elif name == "flagfile" and not os.path.isfile(value):
+      problems.append(f"{where}: flagfile {value} not found (from {os.getcwd()})")
+    elif name == "flagfile" and value not in seen:
+      with open(value) as f:
+        for number, line in enumerate(f, start=1):
+          if line.strip() and not line.lstrip().startswith(("#", "//")):
+            problems += check_flags(f"{where}: {value}:{number}", [line.strip()], known, script,
+                                    seen + (value,))
+  return problems
 
 
 def check_rows(rows: Sequence[Row], baselines: Sequence[str] = (),
-               run_flags: Sequence[str] = ()) -> list[str]:
-  """Problems of the rows and run flags (duplicate names, unknown baselines, missing flagfiles,
-  flags launch/train.py does not know); [] if none."""
+               run_flags: Sequence[str] = (), llm_flags: Sequence[str] = ()) -> list[str]:
+  """Problems of the rows, run flags and LLM flags (duplicate names, unknown baselines, missing
+  flagfiles, flags launch/train.py or launch/llm.py does not know, reranked rows without LLM
+  flags); [] if none."""
   problems = []
   names = [row.name for row in rows]
   if not rows:
@@ -132,50 +183,80 @@ def check_rows(rows: Sequence[Row], baselines: Sequence[str] = (),
   problems += [f"--baselines: {b!r} is not a row name (rows: {', '.join(names)})"
                for b in baselines if b not in names]
   known = train_flag_names()
-
-  def check_args(where: str, args: Sequence[str], seen: tuple[str, ...]) -> None:
-    for arg in args:
-      name, _, value = arg[2:].partition("=")
-      if not arg.startswith("--"):
-        problems.append(f"{where}: {arg!r}: expected a --flag")
-      elif name not in known:
-        problems.append(f"{where}: {arg!r}: launch/train.py has no flag --{name}")
-      elif name == "flagfile" and not os.path.isfile(value):
-        problems.append(f"{where}: flagfile {value} not found (from {os.getcwd()})")
-      elif name == "flagfile" and value not in seen:  # Its lines, as absl reads them.
-        with open(value) as f:
-          for number, line in enumerate(f, start=1):
-            if line.strip() and not line.lstrip().startswith(("#", "//")):
-              check_args(f"{where}: {value}:{number}", [line.strip()], seen + (value,))
-
   for row in rows:
-    check_args(f"row {row.name}", row.args, ())
-  check_args("--run_flags", run_flags, ())
+    problems += check_flags(f"row {row.name}", row.args, known, "launch/train.py")
+  problems += check_flags("--run_flags", run_flags, known, "launch/train.py")
+  reranked = [row.name for row in rows if row.rerank]
+  if reranked and not llm_flags:
+    problems.append(f"rows {', '.join(reranked)} are reranked ({RERANK_MARKER}) but no "
+                    "--llm_flags give the LLM (e.g. --llm_flags=--flagfile=configs/llm_ml100k.cfg)")
+  if llm_flags:
+    problems += check_flags("--llm_flags", llm_flags, llm_flag_names(), "launch/llm.py")
   return problems
 
 
+def _without_workdir(args: Sequence[str]) -> tuple[str, ...]:
+  return tuple(arg for arg in args if not arg.startswith("--workdir="))
+
+
+def finished_runs(experiment_dirs: Sequence[str]) -> dict[tuple[str, ...], str]:
+  """{launch/train.py arguments but --workdir: work directory} of the finished runs in other
+  experiments' folders (EXPERIMENT_DIR/ROW/seed_S), for `plan_runs` to reuse."""
+  found = {}
+  for experiment_dir in experiment_dirs:
+    if not os.path.isdir(experiment_dir):
+      raise ValueError(f"--reuse_runs_from={experiment_dir}: no such folder")
+    for row in sorted(os.listdir(experiment_dir)):
+      row_dir = os.path.join(experiment_dir, row)
+      for seed_dir in sorted(os.listdir(row_dir)) if os.path.isdir(row_dir) else []:
+        workdir = os.path.join(row_dir, seed_dir)
+        args = recorded_args(workdir, RUN_FILE)
+        if args is not None and os.path.isfile(os.path.join(workdir, FINAL_FILE)):
+          found.setdefault(_without_workdir(args), workdir)
+  return found
+
+
 def plan_runs(rows: Sequence[Row], seeds: Sequence[int], experiment_dir: str,
-              run_flags: Sequence[str] = ()) -> list[Run]:
-  """Every (row, seed) run, rows in order, seeds in order within a row."""
-  runs = []
+              run_flags: Sequence[str] = (), llm_flags: Sequence[str] = (),
+              reusable: Optional[dict[tuple[str, ...], str]] = None) -> list[Run]:
+  """Every (row, seed) run, rows in order, seeds in order within a row.
+
+  A run trains in EXPERIMENT_DIR/ROW/seed_S, unless an earlier row trains with the same
+  arguments (then it shares that row's work directory: training is deterministic) or `reusable`
+  (see `finished_runs`) holds a finished run with them. A reranked row's rerank goes to its own
+  EXPERIMENT_DIR/ROW/seed_S.
+  """
+  runs, workdirs = [], dict(reusable or {})
   for row in rows:
     for seed in seeds:
-      workdir = os.path.join(experiment_dir, row.name, f"seed_{seed}")
-      runs.append(Run(row.name, seed, workdir,
-                      (*row.args, *run_flags, f"--seed={seed}", f"--workdir={workdir}")))
+      own = os.path.join(experiment_dir, row.name, f"seed_{seed}")
+      train_args = (*row.args, *run_flags, f"--seed={seed}")
+      workdir = workdirs.setdefault(train_args, own)
+      rerank_args = (("--stage=rerank", *llm_flags, f"--backbone_workdir={workdir}",
+                      f"--rerank_dir={own}") if row.rerank else ())
+      runs.append(Run(row.name, seed, workdir, (*train_args, f"--workdir={workdir}"),
+                      own if row.rerank else None, rerank_args))
   return runs
 
 
 def shard(runs: Sequence[Run], shard_index: int, num_shards: int) -> list[Run]:
-  """The runs of one machine: every num_shards-th run from shard_index (rows spread evenly)."""
+  """The runs of one machine: every num_shards-th work directory from shard_index (rows spread
+  evenly; runs sharing a work directory stay on one machine)."""
   if num_shards < 1 or not 0 <= shard_index < num_shards:
     raise ValueError(f"--shard_index={shard_index}, --num_shards={num_shards}: expected "
                      "0 <= shard_index < num_shards")
-  return list(runs[shard_index::num_shards])
+  workdirs = list(dict.fromkeys(run.workdir for run in runs))
+  mine = set(workdirs[shard_index::num_shards])
+  return [run for run in runs if run.workdir in mine]
 
 
 def is_finished(run: Run) -> bool:
+  """Trained: the work directory holds final_metrics.json."""
   return os.path.isfile(os.path.join(run.workdir, FINAL_FILE))
+
+
+def is_reranked(run: Run) -> bool:
+  return run.rerank_dir is not None and os.path.isfile(os.path.join(run.rerank_dir, RERANK_FILE))
 
 
 def status(run: Run) -> str:
@@ -185,9 +266,17 @@ def status(run: Run) -> str:
   return "interrupted" if os.path.isfile(os.path.join(run.workdir, RUN_FILE)) else "new"
 
 
-def recorded_args(run: Run) -> Optional[list[str]]:
-  """The arguments the run was started with (None if it never started)."""
-  path = os.path.join(run.workdir, RUN_FILE)
+def rerank_status(run: Run) -> str:
+  """reranked | interrupted (started: the LLM cache makes the rerun cheap) | new."""
+  if is_reranked(run):
+    return "reranked"
+  started = os.path.isfile(os.path.join(run.rerank_dir, RERANK_RUN_FILE))
+  return "interrupted" if started else "new"
+
+
+def recorded_args(folder: str, record_file: str = RUN_FILE) -> Optional[list[str]]:
+  """The arguments a run (or rerank) in `folder` was started with (None if it never started)."""
+  path = os.path.join(folder, record_file)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
@@ -195,31 +284,45 @@ def recorded_args(run: Run) -> Optional[list[str]]:
 
 
 def changed_runs(runs: Sequence[Run]) -> list[str]:
-  """Messages for the runs started with other arguments than their row now gives."""
+  """Messages for the runs and reranks started with other arguments than their row now gives."""
+  steps = [(run.workdir, RUN_FILE, run.args) for run in runs]
+  steps += [(run.rerank_dir, RERANK_RUN_FILE, run.rerank_args) for run in runs if run.rerank_dir]
   messages = []
-  for run in runs:
-    recorded = recorded_args(run)
-    if recorded is not None and recorded != list(run.args):
-      messages.append(f"{run.workdir}: started with {shlex.join(recorded)}, the config now gives "
-                      f"{shlex.join(run.args)}; restore the row, or remove the folder or use "
+  for folder, record_file, args in dict.fromkeys(steps):
+    recorded = recorded_args(folder, record_file)
+    if recorded is not None and recorded != list(args):
+      messages.append(f"{folder}: started with {shlex.join(recorded)}, the config now gives "
+                      f"{shlex.join(args)}; restore the row, or remove the folder or use "
                       "another --experiment_dir to rerun it")
   return messages
+
+
+def _execute(folder: str, record_file: str, log_name: str, command: Sequence[str],
+             args: Sequence[str]) -> int:
+  """Records `args` in folder/record_file, runs command + args with its output appended to
+  folder/log_name; returns the exit status."""
+  os.makedirs(folder, exist_ok=True)
+  reporting.write_json(os.path.join(folder, record_file), {"args": list(args)})
+  with open(os.path.join(folder, log_name), "a") as log:
+    log.write(f"$ {shlex.join([*command, *args])}\n")
+    log.flush()
+    return subprocess.run([*command, *args], stdout=log, stderr=subprocess.STDOUT,
+                          check=False).returncode
 
 
 def execute(run: Run, train_command: Sequence[str] = TRAIN_COMMAND) -> int:
   """Runs (or resumes) one run to its end; its output is appended to train.log. Returns the
   exit status."""
-  os.makedirs(run.workdir, exist_ok=True)
-  reporting.write_json(os.path.join(run.workdir, RUN_FILE), {"args": list(run.args)})
-  with open(os.path.join(run.workdir, "train.log"), "a") as log:
-    log.write(f"$ {shlex.join([*train_command, *run.args])}\n")
-    log.flush()
-    return subprocess.run([*train_command, *run.args], stdout=log, stderr=subprocess.STDOUT,
-                          check=False).returncode
+  return _execute(run.workdir, RUN_FILE, "train.log", train_command, run.args)
 
 
-def log_tail(run: Run, lines: int = 5) -> str:
-  path = os.path.join(run.workdir, "train.log")
+def execute_rerank(run: Run, rerank_command: Sequence[str] = RERANK_COMMAND) -> int:
+  """Reranks a trained run with the LLM (launch/llm.py --stage=rerank; prompts already in the
+  LLM cache are not run again); its output is appended to rerank.log. Returns the exit status."""
+  return _execute(run.rerank_dir, RERANK_RUN_FILE, "rerank.log", rerank_command, run.rerank_args)
+
+
+def log_tail(path: str, lines: int = 5) -> str:
   if not os.path.isfile(path):
     return ""
   with open(path, errors="replace") as f:
@@ -227,23 +330,45 @@ def log_tail(run: Run, lines: int = 5) -> str:
 
 
 def run_all(runs: Sequence[Run], train_command: Sequence[str] = TRAIN_COMMAND,
-            log: Callable[[str], None] = print) -> list[Run]:
-  """Trains every unfinished run in order, going on after failures; returns the failed runs."""
-  failed = []
+            log: Callable[[str], None] = print,
+            rerank_command: Sequence[str] = RERANK_COMMAND) -> list[Run]:
+  """Trains every unfinished run in order (a work directory shared by several rows once), then
+  reranks it if its row is reranked; goes on after failures; returns the failed runs."""
+  failed, trained_by = [], {}
   for number, run in enumerate(runs, start=1):
     prefix = f"[{number}/{len(runs)}] {run.row} seed {run.seed}"
     state = status(run)
-    if state == "finished":
+    if run.workdir in trained_by:
+      log(f"{prefix}: same training as {trained_by[run.workdir]} ({run.workdir})")
+    elif state == "finished":
       log(f"{prefix}: finished before, skipped")
+    else:
+      log(f"{prefix}: {'resuming' if state == 'interrupted' else 'training'} in {run.workdir}")
+      code = execute(run, train_command)
+      if code == 0 and is_finished(run):
+        log(f"{prefix}: done")
+      else:
+        log(f"{prefix}: FAILED (exit status {code}); end of {run.workdir}/train.log:\n"
+            f"{log_tail(os.path.join(run.workdir, 'train.log'))}")
+    trained_by.setdefault(run.workdir, f"{run.row} seed {run.seed}")
+    if not is_finished(run):
+      failed.append(run)
       continue
-    log(f"{prefix}: {'resuming' if state == 'interrupted' else 'training'} in {run.workdir}")
-    code = execute(run, train_command)
-    if code == 0 and is_finished(run):
-      log(f"{prefix}: done")
+    if run.rerank_dir is None:
+      continue
+    if is_reranked(run):
+      log(f"{prefix}: reranked before, skipped")
+      continue
+    log(f"{prefix}: LLM reranking {run.workdir} into {run.rerank_dir}")
+    code = execute_rerank(run, rerank_command)
+    if code == 0 and is_reranked(run):
+      llm = _read_json(os.path.join(run.rerank_dir, RERANK_FILE)).get("llm", {})
+      log(f"{prefix}: reranked ({llm.get('llm_calls')} LLM calls, "
+          f"{llm.get('wall_seconds', float('nan')):.1f} s)")
     else:
       failed.append(run)
-      log(f"{prefix}: FAILED (exit status {code}); end of {run.workdir}/train.log:\n"
-          f"{log_tail(run)}")
+      log(f"{prefix}: rerank FAILED (exit status {code}); end of {run.rerank_dir}/rerank.log:\n"
+          f"{log_tail(os.path.join(run.rerank_dir, 'rerank.log'))}")
   return failed
 
 
@@ -273,6 +398,24 @@ def run_record(run: Run) -> dict[str, float]:
     record["epochs"] = float(len(history))
     if seconds:  # The median: the first epoch's time includes compilation.
       record["seconds_per_epoch"] = float(np.median(seconds))
+  return record
+
+
+def rerank_record(run: Run) -> dict[str, float]:
+  """A reranked run's numbers: the training run's record with its valid/* and test/* metrics
+  replaced by the reranked ones (cut-offs up to --rerank_top_n only), plus rerank/alpha and the
+  rerank's LLM work: rerank/llm_calls, rerank/prompts, rerank/llm_seconds (wall) and
+  rerank/llm_cpu_seconds."""
+  rerank = _read_json(os.path.join(run.rerank_dir, RERANK_FILE))
+  record = {k: v for k, v in run_record(run).items() if not k.startswith(("valid/", "test/"))}
+  for split in ("valid", "test"):
+    record.update({f"{split}/{k}": float(v) for k, v in rerank[split]["reranked"].items()})
+  llm = rerank.get("llm", {})
+  record["rerank/alpha"] = float(rerank["alpha"])
+  for key, name in (("llm_calls", "llm_calls"), ("prompts", "prompts"),
+                    ("wall_seconds", "llm_seconds"), ("cpu_seconds", "llm_cpu_seconds")):
+    if key in llm:
+      record[f"rerank/{name}"] = float(llm[key])
   return record
 
 
@@ -356,11 +499,16 @@ def collect(rows: Sequence[Row], runs: Sequence[Run], baselines: Sequence[str],
   tables = {row.name: [] for row in rows}
   missing, without_per_user = [], []
   for run in runs:
-    if not is_finished(run):
-      missing.append(f"{run.row}/seed_{run.seed}")
+    if not is_finished(run) or (run.rerank_dir is not None and not is_reranked(run)):
+      missing.append(f"{run.row}/seed_{run.seed}"
+                     + (" (not reranked)" if is_finished(run) else ""))
       continue
-    records[run.row][run.seed] = run_record(run)
-    path = os.path.join(run.workdir, PER_USER_FILE)
+    if run.rerank_dir is None:
+      records[run.row][run.seed] = run_record(run)
+      path = os.path.join(run.workdir, PER_USER_FILE)
+    else:
+      records[run.row][run.seed] = rerank_record(run)
+      path = os.path.join(run.rerank_dir, RERANK_PER_USER_FILE)
     if os.path.isfile(path):
       tables[run.row].append(read_per_user(path))
     else:
@@ -376,6 +524,8 @@ def collect(rows: Sequence[Row], runs: Sequence[Run], baselines: Sequence[str],
       "unfinished_runs": missing,
       "runs_without_per_user_file": without_per_user,
       "row_args": {row.name: list(row.args) for row in rows},
+      "reranked_rows": [row.name for row in rows if row.rerank],
+      "run_dirs": {f"{run.row}/seed_{run.seed}": run.workdir for run in runs},
   }
 
 
@@ -449,6 +599,22 @@ def render_markdown(name: str, results: dict[str, Any], main_metrics: Sequence[s
                  + [_mean_std(m.get(k), _digits(k))
                     for k in ("best_epoch", "epochs", "seconds_per_epoch", *main_metrics)])
   out += _table(["row", "seeds"] + info + list(main_metrics), lines) + [""]
+
+  if results["reranked_rows"]:
+    out += ["## LLM reranking", "",
+            "Rows reranked by the LLM (launch/llm.py --stage=rerank on each trained run): their "
+            "valid/* and test/* metrics above are the reranked ones, alpha (final = alpha * CF + "
+            "(1 − alpha) * LLM) chosen on validation. LLM calls, prompts and seconds (wall, CPU) "
+            "per seed, of the rerank as it ran; prompts found in the LLM cache (e.g. reranked "
+            "before by another command) cost no call and almost no time.", ""]
+    keys = ("rerank/alpha", "rerank/prompts", "rerank/llm_calls", "rerank/llm_seconds",
+            "rerank/llm_cpu_seconds")
+    out += _table(["row", "trained in", "alpha", "prompts", "LLM calls", "LLM s", "LLM CPU s"], [
+        [row, ", ".join(sorted({os.path.dirname(d) for r, d in results["run_dirs"].items()
+                                if r.split("/")[0] == row}))]
+        + [_mean_std(summary[row]["metrics"].get(k), 2 if "seconds" in k or "alpha" in k else 0)
+           for k in keys]
+        for row in results["reranked_rows"]]) + [""]
 
   for baseline in results["baselines"]:
     out += [f"## Against `{baseline}`", "",

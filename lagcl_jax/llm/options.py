@@ -58,6 +58,8 @@ class LLMOptions:
       "rerank: grid of alpha (final = alpha * CF + (1 - alpha) * LLM), chosen on validation")
   rerank_normalisation: str = setting("minmax", "rerank: per-user score normalisation, "
                                      "minmax | zscore")
+  rerank_dir: str = setting("", "rerank: folder of rerank.json, rerank_test.tsv and "
+                           "rerank_per_user_test.npz ('' = --llm_dir)")
   throughput_dtypes: tuple[str, ...] = setting(("float32", "bfloat16"),
                                               "throughput stage: dtypes measured")
   throughput_batch_sizes: tuple[int, ...] = setting((1, 4, 16),

@@ -98,6 +98,7 @@ class RerankResult:
   test: Candidates
   test_llm_scores: np.ndarray  # [n, N] preference margins of test.items
   test_reranked: np.ndarray  # int32 [n, N]
+  test_per_user: dict[str, np.ndarray]  # reranked metrics of each test.users row, e.g. "ndcg@20"
 
 
 def rerank_evaluation(valid: Candidates, valid_llm: np.ndarray, test: Candidates,
@@ -118,7 +119,8 @@ def rerank_evaluation(valid: Candidates, valid_llm: np.ndarray, test: Candidates
       "valid": {"cf": _metrics(valid.items, valid, ks), "reranked": grid[best]},
       "test": {"cf": _metrics(test.items, test, ks), "reranked": _metrics(reranked, test, ks)},
   }
-  return RerankResult(metrics, test, test_llm, reranked)
+  return RerankResult(metrics, test, test_llm, reranked,
+                      evaluation.per_user_ranking_metrics(reranked, test.relevant, ks))
 
 
 def rerank_run(run, llm: cached_llm.CachedLLM, profiles: profiles_lib.Profiles, top_n: int,

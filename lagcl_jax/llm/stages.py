@@ -3,11 +3,13 @@ launch/evaluate.py --rerank).
 
 Outputs, in `--llm_dir`: profiles.json; augment.txt and augment.provenance.json;
 user_group.txt, item_group.txt, user_group.json, item_group.json and groups.provenance.json;
-rerank.json and rerank_test.tsv; `run_all` chains them. A sharded run (`--num_shards` > 1) only fills the prompt cache
+rerank.json, rerank_test.tsv and rerank_per_user_test.npz (in `--rerank_dir` when given);
+`run_all` chains them. A sharded run (`--num_shards` > 1) only fills the prompt cache
 with its share of the users; an unsharded run over the merged cache then writes the outputs
 without new LLM calls.
 """
 
+import dataclasses
 import os
 import time
 from typing import Any, Optional
@@ -195,17 +197,27 @@ def rerank_for_run(run, options: LLMOptions
 
 
 def run_rerank(config: Config, options: LLMOptions) -> cached_llm.StageStats:
-  """LLM reranking of --backbone_workdir -> <llm_dir>/rerank.json and rerank_test.tsv."""
+  """LLM reranking of --backbone_workdir -> rerank_test.tsv (the reranked test lists),
+  rerank_per_user_test.npz (reranked per-user test metrics, like a run's per_user_test.npz) and,
+  last, rerank.json (metrics, alpha, and the stage's LLM counts and wall and CPU seconds) in
+  --rerank_dir or --llm_dir."""
   del config  # the run's own config and data are used
   if not options.backbone_workdir:
     raise ValueError("--stage=rerank needs --backbone_workdir (a trained run).")
+  start, cpu_start = time.perf_counter(), time.process_time()
   run = _load_run(options)
   result, stats = rerank_for_run(run, options)
   if result is not None:
+    out = options.rerank_dir or options.llm_dir
     result.metrics["provenance"]["run"] = options.backbone_workdir
-    reporting.write_json(os.path.join(options.llm_dir, "rerank.json"), result.metrics)
-    rerank_lib.write_reranked(os.path.join(options.llm_dir, "rerank_test.tsv"), run.dataset,
-                              result)
+    result.metrics["llm"] = {**dataclasses.asdict(stats),
+                             "wall_seconds": time.perf_counter() - start,
+                             "cpu_seconds": time.process_time() - cpu_start}
+    rerank_lib.write_reranked(os.path.join(out, "rerank_test.tsv"), run.dataset, result)
+    reporting.write_per_user_metrics(os.path.join(out, "rerank_per_user_test.npz"),
+                                     run.dataset.user_ids[result.test.users],
+                                     result.test_per_user)
+    reporting.write_json(os.path.join(out, "rerank.json"), result.metrics)
     print(format_rerank(result.metrics))
   return stats
 
