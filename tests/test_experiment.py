@@ -186,6 +186,147 @@ def test_changed_row_is_refused_for_started_runs(tmp_path, fake_train):
   assert "--quality=0.1" in message and "--quality=0.2" in message
 
 
+# --- Reranked rows: trained once with their twin, reranked once, reported from the rerank. -------
+
+FAKE_RERANK = r'''
+import json, os, sys
+import numpy as np
+
+flags = dict(arg[2:].partition("=")[::2] for arg in sys.argv[1:])
+run, out = flags["backbone_workdir"], flags["rerank_dir"]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "rerank_calls.txt"), "a") as f:
+  f.write("call\n")
+if flags.get("fail_rerank"):
+  sys.exit(4)
+gain = float(flags.get("gain", 0))
+with np.load(os.path.join(run, "per_user_test.npz")) as data:
+  users = data["user_ids"]
+  per_user = {k: data[k] + gain * np.linspace(0.5, 1.5, len(users))  # Mean gain: `gain`.
+              for k in data.files if k != "user_ids"}
+np.savez(os.path.join(out, "rerank_per_user_test.npz"), user_ids=users, **per_user)
+means = {k: float(v.mean()) for k, v in per_user.items()}
+with open(os.path.join(out, "rerank.json"), "w") as f:
+  json.dump({"alpha": 0.5, "valid": {"reranked": {"ndcg@20": 0.5}},
+             "test": {"reranked": {**means, "num_users": len(users)}},
+             "llm": {"prompts": 40, "llm_calls": 40, "cache_hits": 0, "wall_seconds": 2.0,
+                     "cpu_seconds": 3.0}}, f)
+'''
+
+
+@pytest.fixture
+def fake_rerank(tmp_path):
+  path = tmp_path / "fake_rerank.py"
+  path.write_text(FAKE_RERANK)
+  return (sys.executable, str(path))
+
+
+def rerank_calls(run) -> int:
+  with open(os.path.join(run.rerank_dir, "rerank_calls.txt")) as f:
+    return len(f.readlines())
+
+
+def test_reranked_row_shares_its_twins_training_and_is_reranked_once(tmp_path, fake_train,
+                                                                      fake_rerank):
+  rows = [experiments.parse_row("base: --quality=0.0"),
+          experiments.parse_row("other: --quality=0.05"),
+          experiments.parse_row("reranked: --quality=0.0 --llm_rerank"),
+          experiments.parse_row("both: --quality=0.05 --tau_hard_scale=0 --llm_rerank")]
+  assert rows[2] == experiments.Row("reranked", ("--quality=0.0",), rerank=True)
+  experiment_dir = str(tmp_path / "exp")
+  runs = experiments.plan_runs(rows, [0, 1], experiment_dir, llm_flags=["--gain=0.1"])
+  base, reranked, both = runs[0:2], runs[4:6], runs[6:8]
+  assert [r.workdir for r in reranked] == [r.workdir for r in base]  # The twin's training.
+  assert [r.args for r in reranked] == [r.args for r in base]
+  assert reranked[0].rerank_dir == os.path.join(experiment_dir, "reranked", "seed_0")
+  assert reranked[0].rerank_args == ("--stage=rerank", "--gain=0.1",
+                                     f"--backbone_workdir={base[0].workdir}",
+                                     f"--rerank_dir={reranked[0].rerank_dir}")
+  assert both[1].workdir == both[1].rerank_dir == os.path.join(experiment_dir, "both", "seed_1")
+  assert base[0].rerank_dir is None and base[0].rerank_args == ()
+  # Runs sharing a work directory stay on one machine.
+  for index in (0, 1):
+    mine = experiments.shard(runs, index, 2)
+    assert {r.workdir for r in mine}.isdisjoint(
+        {r.workdir for r in experiments.shard(runs, 1 - index, 2)})
+
+  messages = []
+  assert experiments.run_all(runs, fake_train, messages.append, fake_rerank) == []
+  assert [calls(r) for r in runs] == [1] * 8  # base's runs trained once for both rows.
+  assert [rerank_calls(r) for r in reranked + both] == [1] * 4
+  assert sum("same training as base seed" in m for m in messages) == 2
+  assert sum("reranked (40 LLM calls, 2.0 s)" in m for m in messages) == 4
+
+  messages = []  # A rerun trains nothing and reranks nothing.
+  assert experiments.run_all(runs, fake_train, messages.append, fake_rerank) == []
+  assert [calls(r) for r in runs] == [1] * 8
+  assert [rerank_calls(r) for r in reranked + both] == [1] * 4
+  assert sum("reranked before, skipped" in m for m in messages) == 4
+
+  results = experiments.collect(rows, runs, ["base"], ["ndcg@20"])
+  summary = results["summary"]
+  # The reranked row reports the rerank's metrics (here the base's + 0.1), its twin's training.
+  for key in ("test/ndcg@20", "test/recall@20"):
+    assert summary["reranked"]["metrics"][key]["mean"] == pytest.approx(
+        summary["base"]["metrics"][key]["mean"] + 0.1)
+  assert summary["reranked"]["metrics"]["valid/ndcg@20"]["mean"] == 0.5
+  assert summary["reranked"]["metrics"]["best_epoch"] == summary["base"]["metrics"]["best_epoch"]
+  assert summary["reranked"]["metrics"]["rerank/llm_seconds"]["mean"] == 2.0
+  assert summary["reranked"]["metrics"]["rerank/llm_calls"]["mean"] == 40
+  # Its significance test pairs the reranked per-user values with the baseline's.
+  test = results["significance"]["base"]["reranked"]["ndcg@20"]
+  assert test["num_users"] == 60 and test["mean_difference"] == pytest.approx(0.1)
+  assert results["significance"]["base"]["other"]["ndcg@20"]["mean_difference"] != \
+      pytest.approx(0.1)
+  markdown = experiments.render_markdown("demo", results, ["test/ndcg@20"])
+  assert "## LLM reranking" in markdown
+  assert f"| reranked | {os.path.join(experiment_dir, 'base')} | 0.50 ± 0.00 | 40 ± 0 | 40 ± 0 " \
+      "| 2.00 ± 0.00 | 3.00 ± 0.00 |" in markdown
+
+  # A lost rerank is redone (and only it); a failing one is reported and left out of the tables.
+  os.remove(os.path.join(reranked[0].rerank_dir, experiments.RERANK_FILE))
+  failing = experiments.plan_runs(rows, [0, 1], experiment_dir, llm_flags=["--gain=0.1",
+                                                                          "--fail_rerank=1"])
+  assert len(experiments.changed_runs(failing)) == 4  # Other LLM flags than the reranks had.
+  messages = []
+  assert experiments.run_all(failing, fake_train, messages.append, fake_rerank) == [failing[4]]
+  assert "rerank FAILED (exit status 4)" in "".join(messages)
+  assert rerank_calls(reranked[0]) == 2 and rerank_calls(reranked[1]) == 1
+  results = experiments.collect(rows, runs, ["base"], ["ndcg@20"])
+  assert results["unfinished_runs"] == ["reranked/seed_0 (not reranked)"]
+  assert results["summary"]["reranked"]["seeds_finished"] == 1
+
+
+def test_finished_runs_of_other_experiments_are_reused(tmp_path, fake_train):
+  old = experiments.plan_runs([experiments.parse_row("a: --quality=0.1"),
+                               experiments.parse_row("b: --quality=0.2")], [0, 1],
+                              str(tmp_path / "old"))
+  experiments.run_all(old[:3], fake_train, log=lambda _: None)  # b seed 1 never ran.
+  reusable = experiments.finished_runs([str(tmp_path / "old")])
+  assert sorted(reusable.values()) == sorted(r.workdir for r in old[:3])
+  rows = [experiments.parse_row("renamed_b: --quality=0.2"),
+          experiments.parse_row("new: --quality=0.3")]
+  runs = experiments.plan_runs(rows, [0, 1], str(tmp_path / "new"), reusable=reusable)
+  assert runs[0].workdir == old[2].workdir and runs[0].args == old[2].args
+  assert runs[1].workdir == str(tmp_path / "new" / "renamed_b" / "seed_1")
+  assert experiments.changed_runs(runs) == []
+  messages = []
+  experiments.run_all(runs, fake_train, log=messages.append)
+  assert calls(old[2]) == 1 and "finished before, skipped" in messages[0]
+  with pytest.raises(ValueError, match="--reuse_runs_from=.*missing: no such folder"):
+    experiments.finished_runs([str(tmp_path / "missing")])
+
+
+def test_check_rows_wants_known_llm_flags_for_reranked_rows(tmp_path):
+  rows = [experiments.parse_row("r: --eps=0.1 --llm_rerank")]
+  [problem] = experiments.check_rows(rows)
+  assert "rows r are reranked (--llm_rerank) but no --llm_flags" in problem
+  llm_config = tmp_path / "llm.cfg"
+  llm_config.write_text("--llm_model=x\n--rerank_top_n=20\n--top_k=10,20\n--llm_modle=y\n")
+  assert experiments.check_rows(rows, llm_flags=[f"--flagfile={llm_config}", "--stage=all"]) == [
+      f"--llm_flags: {llm_config}:4: '--llm_modle=y': launch/llm.py has no flag --llm_modle"]
+
+
 # --- Summary: aggregation, significance, rendering. -----------------------------------------------
 
 
