@@ -1,9 +1,11 @@
-r"""Runs an experiment (model configs x seeds, each with launch/train.py) and writes its tables.
+r"""Runs an experiment (model configs x seeds, each with launch/train.py, reranked by the LLM
+where a row says so) and writes its tables.
 
   python launch/experiment.py --flagfile=configs/experiments/ml100k.cfg
   python launch/experiment.py --flagfile=configs/experiments/ml100k.cfg --dry_run
   python launch/experiment.py --flagfile=configs/experiments/ml1m.cfg --shard_index=0 --num_shards=4
   python launch/experiment.py --flagfile=configs/experiments/ml1m.cfg --report_only
+  python launch/experiment.py --flagfile=configs/experiments/ml100k_llm.cfg  # with LLM reranks
 
 The config format, the folder layout and what results.md / results.json hold are described in
 tools/experiments.py. Rerunning skips finished runs and resumes interrupted ones; the exit status
@@ -76,7 +78,6 @@ def main(argv):
                  for arg in experiments.parse_args(text, f"--run_flags={text!r}")]
     llm_flags = [arg for text in _LLM_FLAGS.value
                  for arg in experiments.parse_args(text, f"--llm_flags={text!r}")]
-    reusable = experiments.finished_runs(_REUSE_RUNS_FROM.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   try:
@@ -92,6 +93,10 @@ def main(argv):
   if not name:
     raise app.UsageError("Give --name or --experiment_dir when no --flagfile names the experiment.")
   experiment_dir = _EXPERIMENT_DIR.value or os.path.join("runs", "experiments", name)
+  for folder in _REUSE_RUNS_FROM.value:
+    if not os.path.isdir(folder):
+      print(f"--reuse_runs_from={folder}: no such folder, no run reused from it.")
+  reusable = experiments.finished_runs(_REUSE_RUNS_FROM.value)
   runs = experiments.plan_runs(rows, seeds, experiment_dir, run_flags, llm_flags, reusable)
   try:
     mine = experiments.shard(runs, _SHARD_INDEX.value, _NUM_SHARDS.value)

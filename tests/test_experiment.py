@@ -68,16 +68,23 @@ with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
 '''
 
 
-@pytest.fixture
-def fake_train(tmp_path):
-  path = tmp_path / "fake_train.py"
-  path.write_text(FAKE_TRAIN)
+def script_command(path, text) -> tuple[str, str]:
+  path.write_text(text)
   return (sys.executable, str(path))
 
 
-def calls(run) -> int:
-  with open(os.path.join(run.workdir, "calls.txt")) as f:
+@pytest.fixture
+def fake_train(tmp_path):
+  return script_command(tmp_path / "fake_train.py", FAKE_TRAIN)
+
+
+def line_count(path) -> int:
+  with open(path) as f:
     return len(f.readlines())
+
+
+def calls(run) -> int:
+  return line_count(os.path.join(run.workdir, "calls.txt"))
 
 
 # --- Rows, planning, sharding. -------------------------------------------------------------------
@@ -216,14 +223,11 @@ with open(os.path.join(out, "rerank.json"), "w") as f:
 
 @pytest.fixture
 def fake_rerank(tmp_path):
-  path = tmp_path / "fake_rerank.py"
-  path.write_text(FAKE_RERANK)
-  return (sys.executable, str(path))
+  return script_command(tmp_path / "fake_rerank.py", FAKE_RERANK)
 
 
 def rerank_calls(run) -> int:
-  with open(os.path.join(run.rerank_dir, "rerank_calls.txt")) as f:
-    return len(f.readlines())
+  return line_count(os.path.join(run.rerank_dir, "rerank_calls.txt"))
 
 
 def test_reranked_row_shares_its_twins_training_and_is_reranked_once(tmp_path, fake_train,
@@ -280,8 +284,9 @@ def test_reranked_row_shares_its_twins_training_and_is_reranked_once(tmp_path, f
       pytest.approx(0.1)
   markdown = experiments.render_markdown("demo", results, ["test/ndcg@20"])
   assert "## LLM reranking" in markdown
-  assert f"| reranked | {os.path.join(experiment_dir, 'base')} | 0.50 ± 0.00 | 40 ± 0 | 40 ± 0 " \
-      "| 2.00 ± 0.00 | 3.00 ± 0.00 |" in markdown
+  trained_in = os.path.join(experiment_dir, "base")
+  assert (f"| reranked | {trained_in} | 0.50 ± 0.00 | 40 ± 0 | 40 ± 0 | 2.00 ± 0.00 "
+          "| 3.00 ± 0.00 |") in markdown
 
   # A lost rerank is redone (and only it); a failing one is reported and left out of the tables.
   os.remove(os.path.join(reranked[0].rerank_dir, experiments.RERANK_FILE))
@@ -313,8 +318,7 @@ def test_finished_runs_of_other_experiments_are_reused(tmp_path, fake_train):
   messages = []
   experiments.run_all(runs, fake_train, log=messages.append)
   assert calls(old[2]) == 1 and "finished before, skipped" in messages[0]
-  with pytest.raises(ValueError, match="--reuse_runs_from=.*missing: no such folder"):
-    experiments.finished_runs([str(tmp_path / "missing")])
+  assert experiments.finished_runs([str(tmp_path / "missing")]) == {}
 
 
 def test_check_rows_wants_known_llm_flags_for_reranked_rows(tmp_path):
@@ -551,3 +555,57 @@ def test_launch_experiment_end_to_end(tmp_path):
   result = run_driver([f"--flagfile={bad}"], tmp_path, cache)
   assert result.returncode == 1, result.stdout + result.stderr[-3000:]
   assert "FAILED" in result.stdout and "--num_layers=0" in result.stdout
+
+
+def test_launch_experiment_reranks_with_the_llm(tmp_path):
+  """launch/train.py and launch/llm.py --stage=rerank (a tiny random-weight LLM) for real: the
+  reranked row reuses its twin's run, reports the rerank's metrics, a rerun makes no LLM call."""
+  from tests import llm_testing  # pylint: disable=g-import-not-at-top
+  paths = llm_testing.write_movie_files(str(tmp_path / "data"), llm_testing.movie_dataset())
+  model = tmp_path / "tiny.cfg"
+  model.write_text("\n".join(synthetic.flag_args(synthetic.tiny_config(
+      paths, groups=False, metadata_dir=str(tmp_path / "data"), valid_fraction=0.25,
+      top_k=(5, 10), select_metric="valid/ndcg@10"))) + "\n")
+  llm = llm_testing.build_tiny_model(str(tmp_path / "llm"))
+  config = tmp_path / "demo.cfg"
+  config.write_text(
+      f"--row=base: {model}\n--row=reranked: {model} --llm_rerank\n--seeds=0\n--baselines=base\n"
+      f"--llm_flags=--llm_model={llm} --llm_dtype=float32 --llm_device=cpu --llm_batch_size=8 "
+      f"--llm_dir={tmp_path / 'llm_out'} --rerank_top_n=10 --rerank_alphas=0.0,0.5,1.0\n"
+      "--metrics=test/ndcg@5,test/ndcg@10\n--significance_metrics=ndcg@5,ndcg@10\n")
+  experiment_dir = tmp_path / "runs" / "experiments" / "demo"
+  run_dir, rerank_dir = experiment_dir / "base" / "seed_0", experiment_dir / "reranked" / "seed_0"
+  cache = tmp_path / "cache"
+
+  result = run_driver([f"--flagfile={config}"], tmp_path, cache)
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  assert result.stdout.count(": done") == 1 and "same training as base seed 0" in result.stdout
+  assert not (rerank_dir / "final_metrics.json").exists()  # Trained once, in base's folder.
+  rerank = json.loads((rerank_dir / experiments.RERANK_FILE).read_text())
+  assert rerank["llm"]["llm_calls"] > 0
+  assert rerank["provenance"]["run"] == "runs/experiments/demo/base/seed_0"  # Relative to cwd.
+  final = json.loads((run_dir / "final_metrics.json").read_text())
+  for key in ("ndcg@5", "ndcg@10", "recall@10"):  # The CF lists are the run's own top 10.
+    assert rerank["test"]["cf"][key] == pytest.approx(final[f"test/{key}"])
+  results = json.loads((experiment_dir / "results.json").read_text())
+  reranked = results["summary"]["reranked"]["metrics"]
+  assert reranked["test/ndcg@5"]["mean"] == pytest.approx(rerank["test"]["reranked"]["ndcg@5"])
+  assert reranked["rerank/llm_calls"]["mean"] == rerank["llm"]["llm_calls"]
+  per_user = experiments.read_per_user(str(rerank_dir / experiments.RERANK_PER_USER_FILE))
+  assert np.mean(list(per_user["ndcg@5"].values())) == pytest.approx(
+      rerank["test"]["reranked"]["ndcg@5"])
+  test = results["significance"]["base"]["reranked"]["ndcg@5"]
+  assert test["row_mean"] == pytest.approx(rerank["test"]["reranked"]["ndcg@5"])
+  assert test["baseline_mean"] == pytest.approx(final["test/ndcg@5"])
+  assert "## LLM reranking" in (experiment_dir / "results.md").read_text()
+
+  result = run_driver([f"--flagfile={config}"], tmp_path, cache)  # Nothing left to do.
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "reranked before, skipped" in result.stdout and "LLM reranking" not in result.stdout
+  # A rerank redone (its output lost) finds every prompt in the LLM cache.
+  (rerank_dir / experiments.RERANK_FILE).unlink()
+  result = run_driver([f"--flagfile={config}"], tmp_path, cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = json.loads((rerank_dir / experiments.RERANK_FILE).read_text())
+  assert again["llm"]["llm_calls"] == 0 and again["llm"]["cache_hits"] == rerank["llm"]["prompts"]
+  assert again["test"] == rerank["test"]

@@ -277,6 +277,7 @@ def test_alpha_is_chosen_on_validation_only():
                                      "ndcg@3")
   assert flipped.metrics["alpha"] == 0.0 and flipped.test_reranked.tolist() == [[3, 2, 1]]
   assert flipped.metrics["valid"]["reranked"]["recall@1"] == 1.0
+  assert flipped.test_per_user["ndcg@3"].tolist() == [flipped.metrics["test"]["reranked"]["ndcg@3"]]
 
 
 class _Run:
@@ -300,6 +301,11 @@ def test_rerank_run_with_alpha_one_reproduces_evaluation(tmp_path, llm):
   for name in ("cf", "reranked"):
     for key, value in result.metrics["test"][name].items():
       assert value == pytest.approx(expected[key])
+  users, per_user = evaluation.evaluate_per_user(run.user_embeddings, run.item_embeddings,
+                                                 dataset, "test", (5, 10))
+  assert result.test.users.tolist() == users.tolist()
+  for key, values in per_user.items():  # Per test user, as in a run's per_user_test.npz.
+    np.testing.assert_allclose(result.test_per_user[key], values)
   calls = llm.stats.llm_calls
   assert 0 < calls <= 2 * 10 * dataset.num_users
   partial = rerank.rerank_run(run, llm, profiles, 10, (0.0, 1.0), "minmax",

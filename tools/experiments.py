@@ -6,9 +6,11 @@ An experiment config is a flagfile of launch/experiment.py (see configs/experime
   --row=lightgcn: configs/ml100k_lightgcn.cfg
   --row=xsimgcl: configs/ml100k_xsimgcl.cfg
   --row=lagcl_random: configs/ml100k_lagcl.cfg --groups=random
+  --row=xsimgcl_reranked: configs/ml100k_xsimgcl.cfg --llm_rerank
   --seeds=0,1,2
   --baselines=xsimgcl,lagcl_random
   --run_flags=--patience=20
+  --llm_flags=--flagfile=configs/llm_ml100k.cfg
 
 `--row=NAME: ARGS` (one line per row, in the order of the tables): NAME names the row and its
 folder (letters, digits, `_`, `.`, `-`); ARGS are launch/train.py arguments, split as a shell
@@ -18,6 +20,18 @@ are flags. `--run_flags` are appended to every row's arguments (so a command-lin
 to the runner: run (ROW, S) trains with `--seed=S --workdir=EXPERIMENT_DIR/ROW/seed_S`. Before
 anything trains, the rows' flagfiles must exist and every flag name in the rows and in their
 flagfiles be launch/train.py's (`check_rows`); the values are checked by train.py itself.
+
+A row whose launch/train.py arguments equal an earlier row's shares its work directories (training
+is deterministic: it is trained once); `finished_runs` finds the finished runs of other experiment
+folders (`--reuse_runs_from`) that `plan_runs` uses instead of training the same arguments again.
+
+A row with the token `--llm_rerank` is reranked by the LLM: after a run of it is trained,
+`python launch/llm.py --stage=rerank LLM_FLAGS --backbone_workdir=RUN --rerank_dir=DIR` writes
+rerank.json (valid and test metrics without and with reranking, alpha, the rerank's LLM calls and
+seconds), rerank_per_user_test.npz and rerank_test.tsv into DIR = EXPERIMENT_DIR/ROW/seed_S, with
+its output in rerank.log and its arguments in experiment_rerank.json. A rerank is finished when
+rerank.json exists; an interrupted one is rerun, its prompts already scored coming from the LLM
+cache. The tables use the reranked valid/test metrics and per-user test metrics for such a row.
 
 Each run is a subprocess (`python launch/train.py ...`, its output in `train.log` of its work
 directory), so a run is exactly what a user gets and a crash ends only that run. A run is finished
@@ -201,12 +215,11 @@ def _without_workdir(args: Sequence[str]) -> tuple[str, ...]:
 
 def finished_runs(experiment_dirs: Sequence[str]) -> dict[tuple[str, ...], str]:
   """{launch/train.py arguments but --workdir: work directory} of the finished runs in other
-  experiments' folders (EXPERIMENT_DIR/ROW/seed_S), for `plan_runs` to reuse."""
+  experiments' folders (EXPERIMENT_DIR/ROW/seed_S; a missing folder has none), for `plan_runs`
+  to reuse."""
   found = {}
   for experiment_dir in experiment_dirs:
-    if not os.path.isdir(experiment_dir):
-      raise ValueError(f"--reuse_runs_from={experiment_dir}: no such folder")
-    for row in sorted(os.listdir(experiment_dir)):
+    for row in sorted(os.listdir(experiment_dir)) if os.path.isdir(experiment_dir) else []:
       row_dir = os.path.join(experiment_dir, row)
       for seed_dir in sorted(os.listdir(row_dir)) if os.path.isdir(row_dir) else []:
         workdir = os.path.join(row_dir, seed_dir)
