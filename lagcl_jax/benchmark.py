@@ -49,6 +49,7 @@ from lagcl_jax import data as data_lib
 from lagcl_jax import evaluation
 from lagcl_jax import files
 from lagcl_jax import graph as graph_lib
+from lagcl_jax import model as model_lib
 from lagcl_jax import train
 from lagcl_jax.config import setting
 from lagcl_jax.data_types import Dataset, Interactions
@@ -217,11 +218,11 @@ class EpochTimer:
 
 
 def _embedding_state(final: jax.Array, cl_view: jax.Array) -> train_state.TrainState:
-  """A train state whose "model" returns fixed embeddings: `train_step` on it times the losses
-  (forward and backward, with the batch gathers and gradient scatters) without the encoder."""
+  """A train state whose "model" returns fixed embeddings of the batch's rows: `train_step` on
+  it times the losses (forward and backward) without the encoder."""
   return train_state.TrainState.create(
-      apply_fn=lambda variables, graph, key: (variables["params"]["final"],
-                                              variables["params"]["cl_view"]),
+      apply_fn=lambda variables, graph, key, rows: (variables["params"]["final"],
+                                                    variables["params"]["cl_view"]),
       params={"final": final, "cl_view": cl_view}, tx=optax.identity())
 
 
@@ -244,17 +245,20 @@ def phase_times(timer: EpochTimer, repeats: int) -> dict[str, dict[str, float]]:
 
   params = train.create_train_state(setup).params
   noise_key = jax.random.PRNGKey(config.seed + 1) if config.eps > 0 else None
+  rows = train.batch_nodes(jax.tree.map(lambda x: jnp.asarray(x[0]), arrays),
+                           setup.dataset.num_users)  # Those of the first device.
 
   @jax.jit
   def encoder_fwd_bwd(params):
     outputs, pullback = jax.vjp(
-        lambda p: setup.model.apply({"params": p}, timer.graph, noise_key), params)
+        lambda p: setup.model.apply({"params": p}, timer.graph, noise_key, rows), params)
     return outputs, pullback(outputs)[0]
 
   times["propagation_fwd_bwd"] = measure(lambda: encoder_fwd_bwd(params), repeats)
-  if noise_key is not None:
+  if noise_key is not None:  # As the encoder draws it: the last layer at the batch's rows.
     shape = (graph_lib.num_nodes(setup.graph), config.embedding_dim)
-    noise = jax.jit(lambda key: [jax.random.uniform(jax.random.fold_in(key, layer), shape)
+    noise = jax.jit(lambda key: [model_lib.uniform_rows(
+        jax.random.fold_in(key, layer), shape, rows if layer == config.num_layers else None)
                                  for layer in range(1, config.num_layers + 1)])
     times["of_which_noise"] = measure(lambda: noise(noise_key), repeats)
   (final, cl_view), grads = encoder_fwd_bwd(params)
