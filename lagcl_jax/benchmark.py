@@ -27,6 +27,7 @@ measured in one run, are the figures that count.
   embeddings and one evaluation batch, with the process's peak resident memory.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -50,6 +51,7 @@ from lagcl_jax import evaluation
 from lagcl_jax import files
 from lagcl_jax import graph as graph_lib
 from lagcl_jax import model as model_lib
+from lagcl_jax import sampler as sampler_lib
 from lagcl_jax import train
 from lagcl_jax.config import setting
 from lagcl_jax.data_types import Dataset, Interactions
@@ -209,9 +211,10 @@ class EpochTimer:
       raise ValueError(f"steps={steps}: an epoch has {self.sampler.num_batches} steps")
     start, start_cpu = time.perf_counter(), time.process_time()
     sums = {}
-    for _, batch in zip(range(steps), self.sampler.epoch(epoch)):
-      for name, value in self.step(*train.shard_batch(batch, len(self.devices))).items():
-        sums[name] = sums.get(name, 0.0) + value[0]
+    with contextlib.closing(sampler_lib.prefetch(self.sampler.epoch(epoch))) as batches:
+      for _, batch in zip(range(steps), batches):
+        for name, value in self.step(*train.shard_batch(batch, len(self.devices))).items():
+          sums[name] = sums.get(name, 0.0) + value[0]
     jax.block_until_ready((self.state, sums))
     return {"seconds": (time.perf_counter() - start) / steps,
             "cpu_seconds": (time.process_time() - start_cpu) / steps}

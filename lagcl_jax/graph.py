@@ -112,29 +112,37 @@ def csr_rows_products(adjacency: sp.csr_matrix, num_threads: int):
   """`(rows_product, rows_transpose_product)` on the host, over up to `num_threads` threads:
   `(x, rows) -> (adjacency @ x)[rows]` ([R, d]) and `(g, rows) -> adjacency[rows].T @ g` ([N, d],
   the sum over repeated rows). Only the distinct rows' slice of `adjacency` is multiplied; each
-  row of the forward result is summed as by the full product."""
+  row of the forward result is summed as by the full product. The slices of the last few row
+  sets are kept, so a backward pass reuses its forward pass's."""
   adjacency = adjacency.astype(np.float32)
   adjacency.sort_indices()
   pool = (concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="csr_rows")
           if num_threads > 1 else None)
 
-  def blocks(rows):
-    distinct, inverse = np.unique(np.asarray(rows), return_inverse=True)
-    return row_blocks(adjacency[distinct], num_threads), distinct, inverse.ravel()
+  @functools.lru_cache(maxsize=16)
+  def sliced(rows_bytes):
+    """(row blocks of adjacency[distinct rows], distinct rows, inverse, order of the rows by
+    distinct row, start of each distinct row in that order)."""
+    rows = np.frombuffer(rows_bytes, np.int64)
+    distinct, inverse = np.unique(rows, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(distinct.size))
+    return row_blocks(adjacency[distinct], num_threads), distinct, inverse, order, starts
 
   def run(fn, items):
-    return list(pool.map(fn, items)) if pool is not None and len(items) > 1 else list(map(fn, items))
+    threaded = pool is not None and len(items) > 1
+    return list(pool.map(fn, items)) if threaded else list(map(fn, items))
 
   def rows_product(x, rows):
     x = np.asarray(x, np.float32)
-    parts, _, inverse = blocks(rows)
+    parts, _, inverse, _, _ = sliced(np.asarray(rows, np.int64).tobytes())
     return np.concatenate(run(lambda block: block @ x, parts))[inverse]
 
   def rows_transpose_product(g, rows):
     g = np.asarray(g, np.float32)
-    parts, distinct, inverse = blocks(rows)
-    summed = np.zeros((distinct.size, g.shape[1]), np.float32)
-    np.add.at(summed, inverse, g)
+    parts, _, _, order, starts = sliced(np.asarray(rows, np.int64).tobytes())
+    summed = np.add.reduceat(g[order], starts)  # The gradient of each distinct row.
     bounds = np.cumsum([0] + [block.shape[0] for block in parts])
     results = run(lambda i: parts[i].T @ summed[bounds[i]:bounds[i + 1]], range(len(parts)))
     return functools.reduce(np.add, results)

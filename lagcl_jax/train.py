@@ -351,21 +351,24 @@ def _fit(setup: Setup, workdir: str) -> dict:
     start = time.time()
     bar = reporting.progress_bar(sampler.num_batches, f"epoch {epoch + 1}/{config.num_epochs}",
                                  initial=progress["step_in_epoch"], unit="step")
-    for step, batch in enumerate(sampler.epoch(epoch, progress["step_in_epoch"]),
-                                 start=progress["step_in_epoch"]):
-      arrays, counts = local_rows(shard_batch(batch, num_devices), devices)
-      replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays, counts)
-      for name, value in terms.items():
-        sums[name] = sums.get(name, 0.0) + value[0]
-      for kind, count in sampler.batch_fallbacks.items():  # Per epoch: the rate per row.
-        name = f"{kind}_negative_fallback_rate"
-        sums[name] = sums.get(name, 0.0) + count / config.batch_size
-      bar.update(1)
-      if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
-          and step + 1 < sampler.num_batches:
-        progress.update(step_in_epoch=step + 1, global_step=int(replicated.step[0]),
-                        partial_sums={k: float(v) for k, v in sums.items()})
-        save("latest", progress)
+    # The next batches are drawn on a background thread while the device trains.
+    batches = sampler_lib.prefetch(sampler.epoch(epoch, progress["step_in_epoch"]))
+    with contextlib.closing(batches):
+      for step, batch in enumerate(batches, start=progress["step_in_epoch"]):
+        arrays, counts = local_rows(shard_batch(batch, num_devices), devices)
+        replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays,
+                                         counts)
+        for name, value in terms.items():
+          sums[name] = sums.get(name, 0.0) + value[0]
+        for kind, count in batch.fallbacks.items():  # Per epoch: the rate per row.
+          name = f"{kind}_negative_fallback_rate"
+          sums[name] = sums.get(name, 0.0) + count / config.batch_size
+        bar.update(1)
+        if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
+            and step + 1 < sampler.num_batches:
+          progress.update(step_in_epoch=step + 1, global_step=int(replicated.step[0]),
+                          partial_sums={k: float(v) for k, v in sums.items()})
+          save("latest", progress)
     bar.close()
     means = {f"train/{k}": float(v) / sampler.num_batches for k, v in sums.items()}
     check_finite(epoch, means)
