@@ -18,7 +18,9 @@ measured in one run, are the figures that count.
   2 x num_layers products of the normalised adjacency with an [N, d] matrix (it is symmetric, so
   the backward is the same product), over every kernel tried: SciPy CSR on 1 and on all cores
   (CPU only) and XLA segment_sum (forward and autodiff backward).
-- limit_ratio = epoch / (batches x limit); group_overhead_ratio = LAGCL epoch / XSimGCL epoch.
+- limit_ratio = epoch / (batches x limit); group_overhead_ratio = LAGCL epoch / XSimGCL epoch;
+  limit_ratio_cpu: the same in process CPU seconds (steadier on a shared machine, where the
+  process gets a varying share of the cores).
   Each repeat times the limit, LAGCL and XSimGCL back to back; a ratio is the median over the
   repeats of the ratio within a repeat.
 - devices (subprocess, forced host devices on CPU): 1 vs 2 devices on the same batches:
@@ -531,6 +533,7 @@ def run(config: config_lib.Config, options: Options,
     repeats.append(times)
   median = lambda values: float(np.median(list(values)))
   result["limit"] = {"seconds": median(r["limit"]["seconds"] for r in repeats),
+                     "cpu_seconds": median(r["limit"]["cpu_seconds"] for r in repeats),
                      "kernel": fastest, "products": 2 * config.num_layers,
                      "kernels": kernel_times}
   epoch = {"num_batches": num_batches, "steps_timed": steps, "extrapolated": steps < num_batches,
@@ -545,6 +548,8 @@ def run(config: config_lib.Config, options: Options,
                                           for r in repeats]
   result["epoch"] = epoch
   result["limit_ratio"] = median(r["lagcl"]["seconds"] / r["limit"]["seconds"] for r in repeats)
+  result["limit_ratio_cpu"] = median(r["lagcl"]["cpu_seconds"] / r["limit"]["cpu_seconds"]
+                                     for r in repeats)
   result["xsimgcl_limit_ratio"] = median(r["xsimgcl"]["seconds"] / r["limit"]["seconds"]
                                          for r in repeats)
   result["group_overhead_ratio"] = median(r["lagcl"]["seconds"] / r["xsimgcl"]["seconds"]
@@ -575,7 +580,7 @@ def run(config: config_lib.Config, options: Options,
         f"{options.scale_interactions} interactions (subprocess)...")
     result["scale"] = _run_part_or_error("scale", config, options)
   result["goals"] = {
-      "epoch_within_1.5x_limit": result["limit_ratio"] <= 1.5,
+      "epoch_within_1.3x_limit": result["limit_ratio"] <= 1.3,
       "evaluation_under_2s": result["evaluation"]["seconds"] < 2.0,
       "group_overhead_at_most_10pct": result["group_overhead_ratio"] <= 1.1}
   result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
@@ -600,7 +605,8 @@ def format_table(result: dict[str, Any]) -> str:
       f"epoch ({how}): LAGCL {epoch['lagcl']['seconds']:.2f} s, XSimGCL "
       f"{epoch['xsimgcl']['seconds']:.2f} s; limit {limit['seconds'] * _MS:.1f} ms per "
       f"fwd+bwd ({limit['kernel']}), batches x limit {epoch['num_batches'] * limit['seconds']:.2f} s",
-      f"limit_ratio {result['limit_ratio']:.2f} (goal <= 1.5); group_overhead_ratio "
+      f"limit_ratio {result['limit_ratio']:.2f} (goal <= 1.3; CPU time "
+      f"{result['limit_ratio_cpu']:.2f}); group_overhead_ratio "
       f"{result['group_overhead_ratio']:.3f} (goal <= 1.1); evaluation "
       f"{result['evaluation']['seconds']:.3f} s for {result['evaluation']['num_users']} users "
       f"(goal < 2 s)",
