@@ -18,7 +18,9 @@ measured in one run, are the figures that count.
   2 x num_layers products of the normalised adjacency with an [N, d] matrix (it is symmetric, so
   the backward is the same product), over every kernel tried: SciPy CSR on 1 and on all cores
   (CPU only) and XLA segment_sum (forward and autodiff backward).
-- limit_ratio = epoch / (batches x limit); group_overhead_ratio = LAGCL epoch / XSimGCL epoch.
+- limit_ratio = epoch / (batches x limit); group_overhead_ratio = LAGCL epoch / XSimGCL epoch;
+  limit_ratio_cpu: the same in process CPU seconds (steadier on a shared machine, where the
+  process gets a varying share of the cores).
   Each repeat times the limit, LAGCL and XSimGCL back to back; a ratio is the median over the
   repeats of the ratio within a repeat.
 - devices (subprocess, forced host devices on CPU): 1 vs 2 devices on the same batches:
@@ -27,6 +29,7 @@ measured in one run, are the figures that count.
   embeddings and one evaluation batch, with the process's peak resident memory.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,6 +52,8 @@ from lagcl_jax import data as data_lib
 from lagcl_jax import evaluation
 from lagcl_jax import files
 from lagcl_jax import graph as graph_lib
+from lagcl_jax import model as model_lib
+from lagcl_jax import sampler as sampler_lib
 from lagcl_jax import train
 from lagcl_jax.config import setting
 from lagcl_jax.data_types import Dataset, Interactions
@@ -208,20 +213,21 @@ class EpochTimer:
       raise ValueError(f"steps={steps}: an epoch has {self.sampler.num_batches} steps")
     start, start_cpu = time.perf_counter(), time.process_time()
     sums = {}
-    for _, batch in zip(range(steps), self.sampler.epoch(epoch)):
-      for name, value in self.step(*train.shard_batch(batch, len(self.devices))).items():
-        sums[name] = sums.get(name, 0.0) + value[0]
+    with contextlib.closing(sampler_lib.prefetch(self.sampler.epoch(epoch))) as batches:
+      for _, batch in zip(range(steps), batches):
+        for name, value in self.step(*train.shard_batch(batch, len(self.devices))).items():
+          sums[name] = sums.get(name, 0.0) + value[0]
     jax.block_until_ready((self.state, sums))
     return {"seconds": (time.perf_counter() - start) / steps,
             "cpu_seconds": (time.process_time() - start_cpu) / steps}
 
 
 def _embedding_state(final: jax.Array, cl_view: jax.Array) -> train_state.TrainState:
-  """A train state whose "model" returns fixed embeddings: `train_step` on it times the losses
-  (forward and backward, with the batch gathers and gradient scatters) without the encoder."""
+  """A train state whose "model" returns fixed embeddings of the batch's rows: `train_step` on
+  it times the losses (forward and backward) without the encoder."""
   return train_state.TrainState.create(
-      apply_fn=lambda variables, graph, key: (variables["params"]["final"],
-                                              variables["params"]["cl_view"]),
+      apply_fn=lambda variables, graph, key, rows: (variables["params"]["final"],
+                                                    variables["params"]["cl_view"]),
       params={"final": final, "cl_view": cl_view}, tx=optax.identity())
 
 
@@ -244,17 +250,20 @@ def phase_times(timer: EpochTimer, repeats: int) -> dict[str, dict[str, float]]:
 
   params = train.create_train_state(setup).params
   noise_key = jax.random.PRNGKey(config.seed + 1) if config.eps > 0 else None
+  rows = train.batch_nodes(jax.tree.map(lambda x: jnp.asarray(x[0]), arrays),
+                           setup.dataset.num_users)  # Those of the first device.
 
   @jax.jit
   def encoder_fwd_bwd(params):
     outputs, pullback = jax.vjp(
-        lambda p: setup.model.apply({"params": p}, timer.graph, noise_key), params)
+        lambda p: setup.model.apply({"params": p}, timer.graph, noise_key, rows), params)
     return outputs, pullback(outputs)[0]
 
   times["propagation_fwd_bwd"] = measure(lambda: encoder_fwd_bwd(params), repeats)
-  if noise_key is not None:
+  if noise_key is not None:  # As the encoder draws it: the last layer at the batch's rows.
     shape = (graph_lib.num_nodes(setup.graph), config.embedding_dim)
-    noise = jax.jit(lambda key: [jax.random.uniform(jax.random.fold_in(key, layer), shape)
+    noise = jax.jit(lambda key: [model_lib.uniform_rows(
+        jax.random.fold_in(key, layer), shape, rows if layer == config.num_layers else None)
                                  for layer in range(1, config.num_layers + 1)])
     times["of_which_noise"] = measure(lambda: noise(noise_key), repeats)
   (final, cl_view), grads = encoder_fwd_bwd(params)
@@ -524,6 +533,7 @@ def run(config: config_lib.Config, options: Options,
     repeats.append(times)
   median = lambda values: float(np.median(list(values)))
   result["limit"] = {"seconds": median(r["limit"]["seconds"] for r in repeats),
+                     "cpu_seconds": median(r["limit"]["cpu_seconds"] for r in repeats),
                      "kernel": fastest, "products": 2 * config.num_layers,
                      "kernels": kernel_times}
   epoch = {"num_batches": num_batches, "steps_timed": steps, "extrapolated": steps < num_batches,
@@ -538,6 +548,8 @@ def run(config: config_lib.Config, options: Options,
                                           for r in repeats]
   result["epoch"] = epoch
   result["limit_ratio"] = median(r["lagcl"]["seconds"] / r["limit"]["seconds"] for r in repeats)
+  result["limit_ratio_cpu"] = median(r["lagcl"]["cpu_seconds"] / r["limit"]["cpu_seconds"]
+                                     for r in repeats)
   result["xsimgcl_limit_ratio"] = median(r["xsimgcl"]["seconds"] / r["limit"]["seconds"]
                                          for r in repeats)
   result["group_overhead_ratio"] = median(r["lagcl"]["seconds"] / r["xsimgcl"]["seconds"]
@@ -568,7 +580,7 @@ def run(config: config_lib.Config, options: Options,
         f"{options.scale_interactions} interactions (subprocess)...")
     result["scale"] = _run_part_or_error("scale", config, options)
   result["goals"] = {
-      "epoch_within_1.5x_limit": result["limit_ratio"] <= 1.5,
+      "epoch_within_1.3x_limit": result["limit_ratio"] <= 1.3,
       "evaluation_under_2s": result["evaluation"]["seconds"] < 2.0,
       "group_overhead_at_most_10pct": result["group_overhead_ratio"] <= 1.1}
   result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
@@ -593,7 +605,8 @@ def format_table(result: dict[str, Any]) -> str:
       f"epoch ({how}): LAGCL {epoch['lagcl']['seconds']:.2f} s, XSimGCL "
       f"{epoch['xsimgcl']['seconds']:.2f} s; limit {limit['seconds'] * _MS:.1f} ms per "
       f"fwd+bwd ({limit['kernel']}), batches x limit {epoch['num_batches'] * limit['seconds']:.2f} s",
-      f"limit_ratio {result['limit_ratio']:.2f} (goal <= 1.5); group_overhead_ratio "
+      f"limit_ratio {result['limit_ratio']:.2f} (goal <= 1.3; CPU time "
+      f"{result['limit_ratio_cpu']:.2f}); group_overhead_ratio "
       f"{result['group_overhead_ratio']:.3f} (goal <= 1.1); evaluation "
       f"{result['evaluation']['seconds']:.3f} s for {result['evaluation']['num_users']} users "
       f"(goal < 2 s)",

@@ -4,18 +4,25 @@ Nodes are users `[0, U)` followed by items `[U, U + I)`. Every interaction becom
 edges; `graph.edges` holds the symmetric normalisation weight 1 / sqrt(deg(s) * deg(r)), so one
 propagation is x -> D^-1/2 A D^-1/2 x. Edges are sorted by receiver.
 
+A propagation is `propagate(graph, x, rows=None)`: `A x` for x [N, d], or with `rows` [R] only
+those rows of it, `(A x)[rows]` [R, d] (the last layer of a training step is read at the batch's
+nodes only, so only their rows are computed where the kernel can).
+
 Kernels (one flag, `propagation_kernel`, each checked equal to `segment_sum` in tests):
 - `segment_sum`: jraph-style message passing (gather senders, segment-sum onto receivers). Portable,
-  stays inside XLA; the right choice on GPU/TPU.
+  stays inside XLA; the right choice on GPU/TPU. `rows` are gathered from the whole product.
 - `scipy`: SciPy CSR sparse-dense product through `jax.pure_callback`, several times faster on CPU.
   The adjacency is symmetric, so the backward pass is the same product. The rows are cut into one
   block of about equal non-zeros per available core, multiplied on a thread each (SciPy's sparse
-  kernels release the GIL); every row's sum is the same as in the single-threaded product.
+  kernels release the GIL); every row's sum is the same as in the single-threaded product. With
+  `rows`, only the distinct rows' slice of the adjacency is multiplied (and its transpose in the
+  backward pass): about half the work of a full product for a batch of 1024 on ML-1M.
 """
 
 import concurrent.futures
+import functools
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +30,7 @@ import jraph
 import numpy as np
 import scipy.sparse as sp
 
-Propagation = Callable[[jraph.GraphsTuple, jax.Array], jax.Array]
+Propagation = Callable[..., jax.Array]  # (graph, x, rows=None) -> A x, or (A x)[rows].
 
 
 def build_graph(num_users: int, num_items: int, users: np.ndarray,
@@ -61,11 +68,14 @@ def to_csr(graph: jraph.GraphsTuple) -> sp.csr_matrix:
       shape=(n, n), dtype=np.float32)
 
 
-def propagate_segment_sum(graph: jraph.GraphsTuple, x: jax.Array) -> jax.Array:
-  """One normalised propagation step by message passing over the GraphsTuple."""
+def propagate_segment_sum(graph: jraph.GraphsTuple, x: jax.Array,
+                          rows: Optional[jax.Array] = None) -> jax.Array:
+  """One normalised propagation step by message passing over the GraphsTuple (`rows`: only
+  those rows of the result)."""
   messages = x[graph.senders] * graph.edges[:, None]
-  return jax.ops.segment_sum(messages, graph.receivers, num_segments=x.shape[0],
-                             indices_are_sorted=True)
+  result = jax.ops.segment_sum(messages, graph.receivers, num_segments=x.shape[0],
+                               indices_are_sorted=True)
+  return result if rows is None else result[rows]
 
 
 def available_cores() -> int:
@@ -96,6 +106,48 @@ def csr_product(adjacency: sp.csr_matrix,
     return np.concatenate(list(pool.map(lambda block: block @ x, blocks)))
 
   return product
+
+
+def csr_rows_products(adjacency: sp.csr_matrix, num_threads: int):
+  """`(rows_product, rows_transpose_product)` on the host, over up to `num_threads` threads:
+  `(x, rows) -> (adjacency @ x)[rows]` ([R, d]) and `(g, rows) -> adjacency[rows].T @ g` ([N, d],
+  the sum over repeated rows). Only the distinct rows' slice of `adjacency` is multiplied; each
+  row of the forward result is summed as by the full product. The slices of the last few row
+  sets are kept, so a backward pass reuses its forward pass's."""
+  adjacency = adjacency.astype(np.float32)
+  adjacency.sort_indices()
+  pool = (concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="csr_rows")
+          if num_threads > 1 else None)
+
+  @functools.lru_cache(maxsize=16)
+  def sliced(rows_bytes):
+    """(row blocks of adjacency[distinct rows], distinct rows, inverse, order of the rows by
+    distinct row, start of each distinct row in that order)."""
+    rows = np.frombuffer(rows_bytes, np.int64)
+    distinct, inverse = np.unique(rows, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(distinct.size))
+    return row_blocks(adjacency[distinct], num_threads), distinct, inverse, order, starts
+
+  def run(fn, items):
+    threaded = pool is not None and len(items) > 1
+    return list(pool.map(fn, items)) if threaded else list(map(fn, items))
+
+  def rows_product(x, rows):
+    x = np.asarray(x, np.float32)
+    parts, _, inverse, _, _ = sliced(np.asarray(rows, np.int64).tobytes())
+    return np.concatenate(run(lambda block: block @ x, parts))[inverse]
+
+  def rows_transpose_product(g, rows):
+    g = np.asarray(g, np.float32)
+    parts, _, _, order, starts = sliced(np.asarray(rows, np.int64).tobytes())
+    summed = np.add.reduceat(g[order], starts)  # The gradient of each distinct row.
+    bounds = np.cumsum([0] + [block.shape[0] for block in parts])
+    results = run(lambda i: parts[i].T @ summed[bounds[i]:bounds[i + 1]], range(len(parts)))
+    return functools.reduce(np.add, results)
+
+  return rows_product, rows_transpose_product
 
 
 def _fingerprint(graph: jraph.GraphsTuple) -> tuple[int, int]:
@@ -136,30 +188,43 @@ def _batched(product: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarra
 
 
 def _scipy_propagation(graph: jraph.GraphsTuple, num_threads: int) -> Propagation:
-  """A propagation that runs `adjacency @ x` on the host; its VJP is the same product.
+  """A propagation that runs `adjacency @ x` on the host; its VJP is the same product (with
+  `rows`: `adjacency[rows] @ x`, whose VJP is `adjacency[rows].T @ g`).
 
-  The result has the dtype of x (computed in float32); under `vmap` the batch is one host call.
-  It refuses a graph other than the one it was built for: by shape when traced, by content
-  otherwise.
+  The result has the dtype of x (computed in float32); under `vmap` the batch is one host call
+  (with `rows`: one call per batch element). It refuses a graph other than the one it was built
+  for: by shape when traced, by content otherwise.
   """
   built_for = (num_nodes(graph), *_fingerprint(graph))
-  host_product = _batched(csr_product(to_csr(graph), num_threads))
+  adjacency = to_csr(graph)
+  host_product = _batched(csr_product(adjacency, num_threads))
+  host_rows_product, host_rows_transpose_product = csr_rows_products(adjacency, num_threads)
 
-  def product(x):
-    dtype = x.dtype
-    return jax.pure_callback(lambda x: host_product(x).astype(dtype),
-                             jax.ShapeDtypeStruct(x.shape, dtype), x,
-                             vmap_method="broadcast_all")
+  def callback(fn, shape, *args):
+    dtype = args[0].dtype
+    return jax.pure_callback(lambda *a: fn(*a).astype(dtype, copy=False),
+                             jax.ShapeDtypeStruct(shape, dtype), *args,
+                             vmap_method="broadcast_all" if len(args) == 1 else "sequential")
 
   @jax.custom_vjp
   def propagate(x):
-    return product(x)
+    return callback(host_product, x.shape, x)
 
-  propagate.defvjp(lambda x: (product(x), None), lambda _, g: (product(g),))
+  propagate.defvjp(lambda x: (propagate(x), None),
+                   lambda _, g: (callback(host_product, g.shape, g),))
 
-  def propagate_scipy_csr(graph, x):
+  @jax.custom_vjp
+  def propagate_rows(x, rows):
+    return callback(host_rows_product, rows.shape + x.shape[-1:], x, rows)
+
+  def propagate_rows_bwd(rows, g):
+    return callback(host_rows_transpose_product, (built_for[0], g.shape[-1]), g, rows), None
+
+  propagate_rows.defvjp(lambda x, rows: (propagate_rows(x, rows), rows), propagate_rows_bwd)
+
+  def propagate_scipy_csr(graph, x, rows=None):
     _check_same_graph(built_for, graph, x)
-    return propagate(x)
+    return propagate(x) if rows is None else propagate_rows(x, rows)
 
   return propagate_scipy_csr
 

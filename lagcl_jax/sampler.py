@@ -7,11 +7,14 @@ gets K negatives outside the user's train positives:
   positive's group, or, with `hard_from_dislikes`, one of the user's own -1 items when there are any);
 - without groups: one uniform negative.
 Sampling is rejection sampling over whole arrays (a few rounds), then a uniform fallback, counted
-per batch (`batch_fallbacks`; training logs its rate per epoch). Batches of
+per batch (`Batch.fallbacks`; training logs its rate per epoch). Batches of
 epoch e depend only on (seed, e), so a run resumed at any step sees the same batches.
+`prefetch` draws them on a background thread while the device trains on the previous one.
 """
 
 import dataclasses
+import queue
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -30,9 +33,14 @@ class Batch:
   row_weights: np.ndarray  # float32 [B]: 1 real row, 0 padding
   user_first: np.ndarray  # float32 [B]: 1 where the row holds the user's first occurrence
   item_first: np.ndarray  # float32 [B]: 1 where the row holds the item's first occurrence
+  # By kind of negative ("easy", "hard"; "uniform" without groups): how many rows got one outside
+  # the intended group (uniform fallback), for the logs.
+  fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def as_dict(self) -> dict[str, np.ndarray]:
-    return dataclasses.asdict(self)
+    """The arrays (the step's inputs), by field name."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name != "fallbacks"}
 
 
 def _first_occurrence(ids: np.ndarray, real: np.ndarray) -> np.ndarray:
@@ -153,9 +161,49 @@ class BatchSampler:
       real[rows.size:] = False
       rows = np.pad(rows, (0, self.batch_size - rows.size))
       users, pos_items = self.users[rows], self.items[rows]
+      neg_items = self._negatives(batch_rng, users, pos_items).astype(np.int32)
       yield Batch(
-          users=users, pos_items=pos_items,
-          neg_items=self._negatives(batch_rng, users, pos_items).astype(np.int32),
+          users=users, pos_items=pos_items, neg_items=neg_items,
           row_weights=real.astype(np.float32),
           user_first=_first_occurrence(users, real),
-          item_first=_first_occurrence(pos_items, real))
+          item_first=_first_occurrence(pos_items, real),
+          fallbacks=dict(self.batch_fallbacks))
+
+
+def prefetch(batches: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
+  """The same batches, in the same order, drawn up to `size` ahead on a background thread.
+
+  Errors of the drawing thread are raised here; closing this generator stops the thread.
+  """
+  ready: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  end = object()
+
+  def fill():
+    try:
+      for batch in batches:
+        while not stop.is_set():
+          try:
+            ready.put(batch, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      ready.put(end)
+    except BaseException as e:  # pylint: disable=broad-except
+      ready.put(e)
+
+  thread = threading.Thread(target=fill, name="prefetch_batches", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = ready.get()
+      if item is end:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    thread.join()

@@ -106,6 +106,13 @@ def create_train_state(setup: Setup) -> train_state.TrainState:
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def batch_nodes(batch: dict[str, Any], num_users: int) -> jax.Array:
+  """The node rows a step reads of the encoder's outputs: the users [B], then the positive items
+  [B], then the negative items [B * K] (row-major)."""
+  return jnp.concatenate([batch["users"], batch["pos_items"] + num_users,
+                          batch["neg_items"].reshape(-1) + num_users])
+
+
 def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_groups: jax.Array,
                item_groups: jax.Array, batch: dict[str, jax.Array], counts: dict[str, jax.Array],
                *, config: config_lib.Config, num_users: int):
@@ -123,25 +130,32 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
   main_noise = noise_key if config.model == "xsimgcl" and config.eps > 0 else None
   neg_weights = jnp.array([1.0, config.hard_weight] if config.groups_in_bpr else [1.0])
 
-  def contrast(anchor_view, candidate_view, nodes, node_groups, first, normaliser):
-    """Group-weighted InfoNCE of this device's nodes against the whole batch's other view."""
-    candidates = jax.lax.all_gather(candidate_view[nodes], _AXIS, tiled=True)
+  def contrast(anchors, candidates, node_groups, first, normaliser):
+    """Group-weighted InfoNCE of this device's nodes (their two views' rows) against the whole
+    batch's other view."""
+    candidates = jax.lax.all_gather(candidates, _AXIS, tiled=True)
     candidate_groups = jax.lax.all_gather(node_groups, _AXIS, tiled=True)
     candidate_valid = jax.lax.all_gather(first, _AXIS, tiled=True) > 0
-    positive_index = jax.lax.axis_index(_AXIS) * nodes.shape[0] + jnp.arange(nodes.shape[0])
+    positive_index = jax.lax.axis_index(_AXIS) * anchors.shape[0] + jnp.arange(anchors.shape[0])
     if not config.groups_in_infonce:  # Plain InfoNCE: one temperature, no hard negatives.
       node_groups = positive_index
       candidate_groups = jnp.arange(candidates.shape[0])
     tau_easy = config.tau_easy if config.groups_in_infonce else config.tau_positive
     return losses.group_infonce(
-        anchor_view[nodes], candidates, positive_index, node_groups, candidate_groups, first,
+        anchors, candidates, positive_index, node_groups, candidate_groups, first,
         candidate_valid, normaliser, config.tau_positive, tau_easy, config.tau_hard,
         config.hard_weight)
 
+  # The encoder's outputs are read at the batch's nodes only, so it computes its last layer for
+  # these rows alone.
+  size, num_negatives = batch["neg_items"].shape
+  rows = batch_nodes(batch, num_users)
+  user_rows, pos_rows = slice(0, size), slice(size, 2 * size)
+
   def loss_fn(params):
-    final, cl_view = state.apply_fn({"params": params}, graph, main_noise)
-    users, pos, neg = batch["users"], batch["pos_items"] + num_users, batch["neg_items"] + num_users
-    user_emb, pos_emb = final[users], final[pos]
+    final, cl_view = state.apply_fn({"params": params}, graph, main_noise, rows)
+    user_emb, pos_emb = final[user_rows], final[pos_rows]
+    neg_emb = final[2 * size:].reshape(size, num_negatives, -1)
     if config.reg_form == "ego":  # LightGCN: 0.5 * ||layer-0 user, positive, negatives||^2.
       reg = 0.5 * losses.l2_penalty(
           [params["user_embedding"][batch["users"]], params["item_embedding"][batch["pos_items"]],
@@ -149,7 +163,7 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
     else:
       reg = losses.l2_penalty([user_emb, pos_emb], batch["row_weights"], counts["rows"])
     terms = {
-        "bpr": losses.bpr_loss(user_emb, pos_emb, final[neg], neg_weights, batch["row_weights"],
+        "bpr": losses.bpr_loss(user_emb, pos_emb, neg_emb, neg_weights, batch["row_weights"],
                                counts["rows"]),
         "reg": config.reg * reg,
     }
@@ -159,16 +173,16 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
         cl_weight = cl_weight * jnp.minimum(1.0, (state.step + 1) / config.cl_warmup_steps)
       if config.model == "simgcl":  # Two extra noisy passes are the views.
         view_keys = jax.random.split(noise_key)
-        anchor_view = state.apply_fn({"params": params}, graph, view_keys[0])[0]
-        candidate_view = state.apply_fn({"params": params}, graph, view_keys[1])[0]
+        anchor_view = state.apply_fn({"params": params}, graph, view_keys[0], rows)[0]
+        candidate_view = state.apply_fn({"params": params}, graph, view_keys[1], rows)[0]
       else:  # XSimGCL: the noisy pass's final embeddings against its layer l*.
         anchor_view, candidate_view = final, cl_view
       terms["cl_user"] = cl_weight * contrast(
-          anchor_view, candidate_view, users, user_groups[batch["users"]], batch["user_first"],
-          counts["users"])
+          anchor_view[user_rows], candidate_view[user_rows], user_groups[batch["users"]],
+          batch["user_first"], counts["users"])
       terms["cl_item"] = cl_weight * contrast(
-          anchor_view, candidate_view, pos, item_groups[batch["pos_items"]], batch["item_first"],
-          counts["items"])
+          anchor_view[pos_rows], candidate_view[pos_rows], item_groups[batch["pos_items"]],
+          batch["item_first"], counts["items"])
     return sum(terms.values()), terms
 
   grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -336,21 +350,24 @@ def _fit(setup: Setup, workdir: str) -> dict:
     start = time.time()
     bar = reporting.progress_bar(sampler.num_batches, f"epoch {epoch + 1}/{config.num_epochs}",
                                  initial=progress["step_in_epoch"], unit="step")
-    for step, batch in enumerate(sampler.epoch(epoch, progress["step_in_epoch"]),
-                                 start=progress["step_in_epoch"]):
-      arrays, counts = local_rows(shard_batch(batch, num_devices), devices)
-      replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays, counts)
-      for name, value in terms.items():
-        sums[name] = sums.get(name, 0.0) + value[0]
-      for kind, count in sampler.batch_fallbacks.items():  # Per epoch: the rate per row.
-        name = f"{kind}_negative_fallback_rate"
-        sums[name] = sums.get(name, 0.0) + count / config.batch_size
-      bar.update(1)
-      if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
-          and step + 1 < sampler.num_batches:
-        progress.update(step_in_epoch=step + 1, global_step=int(replicated.step[0]),
-                        partial_sums={k: float(v) for k, v in sums.items()})
-        save("latest", progress)
+    # The next batches are drawn on a background thread while the device trains.
+    batches = sampler_lib.prefetch(sampler.epoch(epoch, progress["step_in_epoch"]))
+    with contextlib.closing(batches):
+      for step, batch in enumerate(batches, start=progress["step_in_epoch"]):
+        arrays, counts = local_rows(shard_batch(batch, num_devices), devices)
+        replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays,
+                                         counts)
+        for name, value in terms.items():
+          sums[name] = sums.get(name, 0.0) + value[0]
+        for kind, count in batch.fallbacks.items():  # Per epoch: the rate per row.
+          name = f"{kind}_negative_fallback_rate"
+          sums[name] = sums.get(name, 0.0) + count / config.batch_size
+        bar.update(1)
+        if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
+            and step + 1 < sampler.num_batches:
+          progress.update(step_in_epoch=step + 1, global_step=int(replicated.step[0]),
+                          partial_sums={k: float(v) for k, v in sums.items()})
+          save("latest", progress)
     bar.close()
     means = {f"train/{k}": float(v) / sampler.num_batches for k, v in sums.items()}
     check_finite(epoch, means)

@@ -144,3 +144,43 @@ def test_encoder_noise_has_norm_eps_and_keeps_signs(graph_and_dense):
   assert not np.allclose(np.asarray(other), np.asarray(final))  # The key draws the noise.
   no_key, _ = model.apply(params, graph)
   np.testing.assert_allclose(np.asarray(no_key), clean, rtol=1e-5, atol=1e-7)
+
+
+def test_uniform_rows_are_the_rows_of_the_whole_draw():
+  key = jax.random.fold_in(jax.random.PRNGKey(4), 2)
+  rows = jnp.asarray([0, 5, 5, 12, 2])
+  for shape in ((13, 64), (13, 3)):  # Even and odd sizes.
+    full = jax.random.uniform(key, shape)
+    np.testing.assert_array_equal(model_lib.uniform_rows(key, shape, rows), full[rows])
+    np.testing.assert_array_equal(model_lib.uniform_rows(key, shape), full)
+
+
+@pytest.mark.parametrize("kernel,num_layers,cl_layer,readout", [
+    ("scipy", 2, 1, "layers_1_to_L"), ("segment_sum", 2, 2, "layers_1_to_L"),
+    ("scipy", 3, 2, "layers_0_to_L"), ("scipy", 1, 1, "layers_1_to_L")])
+def test_encoder_at_rows_equals_rows_of_the_whole_pass_with_gradients(
+    graph_and_dense, kernel, num_layers, cl_layer, readout):
+  """A training step's pass (the last layer for the batch's rows alone, its noise drawn for them)
+  gives the whole-graph outputs at those rows, and the same parameter gradients."""
+  graph, _ = graph_and_dense
+  model = model_lib.GraphEncoder(
+      num_users=NUM_USERS, num_items=NUM_ITEMS, embedding_dim=5, num_layers=num_layers,
+      cl_layer=cl_layer, eps=0.2, propagate=graph_lib.make_propagation(kernel, graph),
+      readout=readout)
+  params = model.init(jax.random.PRNGKey(0), graph)
+  rows = jnp.asarray([1, 1, 4, NUM_USERS + 3, NUM_USERS + 3, NUM_USERS, NUM_USERS + 7])
+  weights = jnp.asarray(np.random.default_rng(8).normal(size=(2, rows.shape[0], 5)), jnp.float32)
+  key = jax.random.PRNGKey(5)
+
+  def loss(params, at_rows):
+    final, cl_view = (model.apply(params, graph, key, rows) if at_rows else
+                      [out[rows] for out in model.apply(params, graph, key)])
+    return jnp.sum(jnp.tanh(final) * weights[0]) + jnp.sum(cl_view ** 2 * weights[1]), (final,
+                                                                                        cl_view)
+  (value, outputs), grads = jax.value_and_grad(loss, has_aux=True)(params, True)
+  (full_value, full_outputs), full_grads = jax.value_and_grad(loss, has_aux=True)(params, False)
+  for out, full_out in zip(outputs, full_outputs):
+    np.testing.assert_allclose(out, full_out, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(value, full_value, rtol=1e-6)
+  for grad, full_grad in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads)):
+    np.testing.assert_allclose(grad, full_grad, rtol=1e-5, atol=1e-6)

@@ -137,3 +137,35 @@ def test_build_graph_edges_are_distinct_and_sorted_by_receiver_then_sender():
   pairs = {(u, i + 50) for u, i in zip(users.tolist(), items.tolist())}
   assert set(zip(graph.senders.tolist(), graph.receivers.tolist())) == (
       pairs | {(i, u) for u, i in pairs})
+
+
+@pytest.mark.parametrize("kernel", ["scipy", "segment_sum"])
+def test_propagation_of_rows_equals_rows_of_the_full_product_with_gradients(graph, kernel):
+  """`propagate(graph, x, rows)` = `propagate(graph, x)[rows]`, repeated rows included, and the
+  same gradient (the scipy kernel's backward is the sliced adjacency's transpose)."""
+  propagate = graph_lib.make_propagation(kernel, graph)
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(NUM_USERS + NUM_ITEMS, 5)), jnp.float32)
+  rows = jnp.asarray([3, 0, 3, NUM_USERS + 2, NUM_USERS + NUM_ITEMS - 1, 3, NUM_USERS + 2])
+  weights = jnp.asarray(rng.normal(size=(rows.shape[0], 5)), jnp.float32)
+  np.testing.assert_array_equal(propagate(graph, x, rows), propagate(graph, x)[rows])
+  loss = lambda fn: jax.jit(jax.value_and_grad(lambda x: jnp.sum(jnp.tanh(fn(x)) * weights)))(x)
+  value, grad = loss(lambda x: propagate(graph, x, rows))
+  full_value, full_grad = loss(lambda x: graph_lib.propagate_segment_sum(graph, x)[rows])
+  np.testing.assert_allclose(value, full_value, rtol=1e-6)
+  np.testing.assert_allclose(grad, full_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 5])
+def test_csr_rows_products_match_dense(graph, num_threads):
+  adjacency = graph_lib.to_csr(graph)
+  dense = adjacency.toarray().astype(np.float64)
+  rows_product, rows_transpose_product = graph_lib.csr_rows_products(adjacency, num_threads)
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(adjacency.shape[0], 4)).astype(np.float32)
+  rows = rng.integers(0, adjacency.shape[0], 25)
+  g = rng.normal(size=(rows.size, 4)).astype(np.float32)
+  # Each row summed as by the full product: identical values.
+  np.testing.assert_array_equal(rows_product(x, rows), graph_lib.csr_product(adjacency, 1)(x)[rows])
+  np.testing.assert_allclose(rows_transpose_product(g, rows), dense[rows].T @ g, rtol=1e-5,
+                             atol=1e-6)

@@ -162,3 +162,25 @@ def test_requires_positives():
   train = synthetic.interactions([0, 1], [0, 1], [-1, -1])
   with pytest.raises(ValueError, match="positive"):
     make_sampler(train)
+
+
+def test_prefetch_yields_the_same_batches_and_raises_the_drawing_error():
+  dataset = synthetic.random_dataset()
+  sampler = sampler_lib.BatchSampler(
+      dataset.train, dataset.num_users, dataset.num_items,
+      np.arange(dataset.num_items) % synthetic.NUM_ITEM_GROUPS, True, False, 16, seed=3)
+  direct = list(sampler.epoch(1))
+  prefetched = list(sampler_lib.prefetch(sampler.epoch(1), size=2))
+  assert len(prefetched) == len(direct) == sampler.num_batches
+  for a, b in zip(direct, prefetched):
+    assert a.fallbacks == b.fallbacks
+    for name, value in a.as_dict().items():
+      np.testing.assert_array_equal(value, b.as_dict()[name], err_msg=name)
+  first = next(iter(sampler_lib.prefetch(sampler.epoch(1), size=1)))  # Stopped early: no hang.
+  np.testing.assert_array_equal(first.users, direct[0].users)
+
+  def failing():
+    yield direct[0]
+    raise ValueError("bad batch")
+  with pytest.raises(ValueError, match="bad batch"):
+    list(sampler_lib.prefetch(failing()))
