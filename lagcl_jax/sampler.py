@@ -179,20 +179,24 @@ def prefetch(batches: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
   stop = threading.Event()
   end = object()
 
+  def put(item) -> bool:
+    """Queues `item` unless the reader stopped first (then never blocks); True if queued."""
+    while not stop.is_set():
+      try:
+        ready.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def fill():
     try:
       for batch in batches:
-        while not stop.is_set():
-          try:
-            ready.put(batch, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not put(batch):
           return
-      ready.put(end)
+      put(end)
     except BaseException as e:  # pylint: disable=broad-except
-      ready.put(e)
+      put(e)
 
   thread = threading.Thread(target=fill, name="prefetch_batches", daemon=True)
   thread.start()
