@@ -36,6 +36,10 @@ _LLM_FLAGS = flags.DEFINE_multi_string(
     "llm_flags", [], "launch/llm.py flags of the reranked rows' reranks (e.g. "
     "--flagfile=configs/llm_ml100k.cfg); the runner adds --stage=rerank, --backbone_workdir and "
     "--rerank_dir.")
+_LLM_BACKBONE = flags.DEFINE_string(
+    "llm_backbone", None, "Row whose first-seed run the LLM stages (launch/llm.py --stage=all "
+    "with --llm_flags) use as backbone to make the LLM outputs, before the first run needing "
+    "them; rows name those outputs as {llm_dir}/augment.txt etc.")
 _REUSE_RUNS_FROM = flags.DEFINE_list(
     "reuse_runs_from", [], "Other experiments' folders whose finished runs with the same "
     "launch/train.py arguments are used instead of training them again.")
@@ -78,6 +82,7 @@ def main(argv):
                  for arg in experiments.parse_args(text, f"--run_flags={text!r}")]
     llm_flags = [arg for text in _LLM_FLAGS.value
                  for arg in experiments.parse_args(text, f"--llm_flags={text!r}")]
+    rows, llm_flags = experiments.resolve_llm_dir(rows, llm_flags)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   try:
@@ -102,14 +107,20 @@ def main(argv):
     mine = experiments.shard(runs, _SHARD_INDEX.value, _NUM_SHARDS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  problems = (experiments.check_rows(rows, _BASELINES.value, run_flags, llm_flags)
+  problems = (experiments.check_rows(rows, _BASELINES.value, run_flags, llm_flags,
+                                     _LLM_BACKBONE.value)
               + experiments.changed_runs(mine))
+  llm_outputs = (experiments.plan_llm_outputs(runs, _LLM_BACKBONE.value, experiment_dir, llm_flags)
+                 if _LLM_BACKBONE.value and not problems else None)
   if _PUBLISHED.value and not os.path.isfile(_PUBLISHED.value):
     problems.append(f"--published={_PUBLISHED.value}: file not found")
 
   if _DRY_RUN.value:
     print(f"Experiment {name} in {experiment_dir}: {len(mine)} of {len(runs)} runs "
           f"(shard {_SHARD_INDEX.value} of {_NUM_SHARDS.value}).")
+    if llm_outputs is not None:
+      print(f"  LLM outputs (before the first run needing them, if any has work left): "
+            f"launch/llm.py {' '.join(llm_outputs.args)}")
     for run in mine:
       print(f"  {experiments.status(run):11s} {run.row} seed {run.seed}: "
             f"launch/train.py {' '.join(run.args)}")
@@ -122,7 +133,7 @@ def main(argv):
   if problems:
     raise app.UsageError("\n".join(problems))
 
-  failed = [] if _REPORT_ONLY.value else experiments.run_all(mine)
+  failed = [] if _REPORT_ONLY.value else experiments.run_all(mine, llm_outputs=llm_outputs)
   heatmap = (*_HEATMAP.value, _HEATMAP_METRIC.value) if _HEATMAP.value else None
   experiments.write_report(name, experiment_dir, rows, runs, _BASELINES.value, _METRICS.value,
                            _SIGNIFICANCE_METRICS.value, _PLOT_METRIC.value, _PUBLISHED.value,

@@ -5,6 +5,7 @@ seed and a --quality flag in a blink); one runs the real launch/train.py end to 
 synthetic data.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,9 @@ with open(os.path.join(workdir, "calls.txt"), "a") as f:
 if flags.get("fail"):
   print("fake failure", file=sys.stderr)
   sys.exit(3)
+if flags.get("augment_file") and not os.path.isfile(flags["augment_file"]):
+  print(f"no {flags['augment_file']}", file=sys.stderr)
+  sys.exit(5)
 if flags.get("crash_first") and not os.path.exists(os.path.join(workdir, "started")):
   open(os.path.join(workdir, "started"), "w").close()
   sys.exit(1)
@@ -200,6 +204,14 @@ import json, os, sys
 import numpy as np
 
 flags = dict(arg[2:].partition("=")[::2] for arg in sys.argv[1:])
+if flags["stage"] == "all":  # The LLM outputs of --llm_backbone.
+  os.makedirs(flags["llm_dir"], exist_ok=True)
+  with open(os.path.join(flags["llm_dir"], "llm_calls.txt"), "a") as f:
+    f.write(flags["backbone_workdir"] + "\n")
+  if flags.get("fail_llm"):
+    sys.exit(6)
+  open(os.path.join(flags["llm_dir"], "augment.txt"), "w").close()
+  sys.exit(0)
 run, out = flags["backbone_workdir"], flags["rerank_dir"]
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(out, "rerank_calls.txt"), "a") as f:
@@ -300,6 +312,86 @@ def test_reranked_row_shares_its_twins_training_and_is_reranked_once(tmp_path, f
   results = experiments.collect(rows, runs, ["base"], ["ndcg@20"])
   assert results["unfinished_runs"] == ["reranked/seed_0 (not reranked)"]
   assert results["summary"]["reranked"]["seeds_finished"] == 1
+
+
+def test_llm_dir_in_rows_and_llm_flags_is_the_last_llm_dir():
+  rows = [experiments.parse_row("base: --quality=0"),
+          experiments.parse_row("augmented: --augment_file={llm_dir}/augment.txt --llm_rerank")]
+  llm_flags = ("--llm_dir=a", "--cache_dir={llm_dir}/cache", "--llm_model=m", "--llm_dir=b")
+  resolved, flags = experiments.resolve_llm_dir(rows, llm_flags)
+  assert resolved[0] == rows[0] and not resolved[0].uses_llm_outputs
+  assert resolved[1] == experiments.Row("augmented", ("--augment_file=b/augment.txt",),
+                                        rerank=True, uses_llm_outputs=True)
+  assert flags == ("--llm_dir=a", "--cache_dir=b/cache", "--llm_model=m", "--llm_dir=b")
+  with pytest.raises(ValueError, match="rows augmented name {llm_dir} but --llm_flags gives no"):
+    experiments.resolve_llm_dir(rows, ["--llm_model=m"])
+  with pytest.raises(ValueError, match="--llm_flags name {llm_dir}"):
+    experiments.resolve_llm_dir(rows[:1], ["--cache_dir={llm_dir}/cache"])
+  assert experiments.resolve_llm_dir(rows[:1], []) == (rows[:1], ())
+
+
+def test_check_rows_wants_the_llm_backbone_before_the_rows_needing_the_llm(tmp_path):
+  model = tmp_path / "model.cfg"
+  model.write_text("--num_layers=2\n")
+  rows, llm_flags = experiments.resolve_llm_dir(
+      [experiments.parse_row(f"base: {model}"),
+       experiments.parse_row(f"augmented: {model} --augment_file={{llm_dir}}/augment.txt"),
+       experiments.parse_row(f"reranked: {model} --llm_rerank")], ["--llm_dir=out"])
+  assert experiments.check_rows(rows, llm_flags=llm_flags, llm_backbone="base") == []
+  assert experiments.check_rows(rows, llm_flags=llm_flags, llm_backbone="nope") == [
+      "--llm_backbone: 'nope' is not a row name"]
+  assert experiments.check_rows(rows, llm_flags=llm_flags, llm_backbone="reranked") == [
+      f"--llm_backbone=reranked: row {name} needs the LLM's outputs, so it must come after the "
+      "backbone row" for name in ("augmented", "reranked")]
+  assert "--llm_backbone=base: no --llm_flags give the LLM" in experiments.check_rows(
+      rows[:1], llm_backbone="base")
+
+
+def test_llm_outputs_are_made_once_after_the_backbone_and_before_the_runs_needing_them(
+    tmp_path, fake_train, fake_rerank):
+  llm_dir = str(tmp_path / "llm")
+  rows, llm_flags = experiments.resolve_llm_dir(
+      [experiments.parse_row("base: --quality=0"),
+       experiments.parse_row("augmented: --quality=0.05 --augment_file={llm_dir}/augment.txt"),
+       experiments.parse_row("reranked: --quality=0 --llm_rerank")], [f"--llm_dir={llm_dir}"])
+  experiment_dir = str(tmp_path / "exp")
+  runs = experiments.plan_runs(rows, [0, 1], experiment_dir, llm_flags=llm_flags)
+  assert [run.needs_llm for run in runs] == [False, False, True, True, True, True]
+  outputs = experiments.plan_llm_outputs(runs, "base", experiment_dir, llm_flags)
+  assert outputs.backbone == runs[0]
+  assert outputs.args == ("--stage=all", f"--llm_dir={llm_dir}",
+                          f"--backbone_workdir={runs[0].workdir}")
+  llm_calls = os.path.join(llm_dir, "llm_calls.txt")
+
+  # The stage fails: the runs needing it fail unrun, the others train.
+  failing = dataclasses.replace(outputs, args=(*outputs.args, "--fail_llm=1"))
+  messages = []
+  assert experiments.run_all(runs, fake_train, messages.append, fake_rerank,
+                             failing) == runs[2:]
+  assert line_count(llm_calls) == 1 and "LLM outputs: FAILED (exit status 6)" in messages[5]
+  assert all(experiments.is_finished(run) for run in runs[:2])
+  assert not os.path.exists(runs[2].workdir)
+
+  messages = []  # Then it works: run once, before the augmented row trains (it needs the file).
+  assert experiments.run_all(runs, fake_train, messages.append, fake_rerank, outputs) == []
+  assert line_count(llm_calls) == 2
+  assert messages[2] == f"LLM outputs: launch/llm.py --stage=all on {runs[0].workdir}"
+  assert messages[4].startswith("[3/6] augmented seed 0: training")
+  assert [experiments.is_reranked(run) for run in runs[4:]] == [True, True]
+  with open(os.path.join(experiment_dir, "llm_outputs", "llm.log")) as f:
+    assert "--stage=all" in f.readline()
+
+  messages = []  # Nothing left to do: no LLM stage.
+  assert experiments.run_all(runs, fake_train, messages.append, fake_rerank, outputs) == []
+  assert line_count(llm_calls) == 2 and not any("LLM outputs" in m for m in messages)
+
+  # An unfinished backbone (another shard trains it) is reported, and nothing needing it runs.
+  os.remove(os.path.join(runs[0].workdir, experiments.FINAL_FILE))
+  os.remove(os.path.join(runs[2].workdir, experiments.FINAL_FILE))
+  messages = []
+  failed = experiments.run_all(runs[1:], fake_train, messages.append, fake_rerank, outputs)
+  assert failed == [runs[2], runs[4]] and line_count(llm_calls) == 2  # runs[4]: base's training.
+  assert "the backbone run" in messages[1] and "is not finished" in messages[1]
 
 
 def test_finished_runs_of_other_experiments_are_reused(tmp_path, fake_train):

@@ -25,6 +25,17 @@ A row whose launch/train.py arguments equal an earlier row's shares its work dir
 is deterministic: it is trained once); `finished_runs` finds the finished runs of other experiment
 folders (`--reuse_runs_from`) that `plan_runs` uses instead of training the same arguments again.
 
+LLM outputs in rows: `{llm_dir}` in a row's arguments or in `--llm_flags` stands for the last
+`--llm_dir=` of `--llm_flags` (`resolve_llm_dir`), e.g. `--augment_file={llm_dir}/augment.txt`,
+so one flag points the whole experiment at another LLM's outputs. With `--llm_backbone=ROW` the
+runner also makes them: before the first run that needs them (a row naming `{llm_dir}`, or a
+reranked row) is trained or reranked, `python launch/llm.py --stage=all LLM_FLAGS
+--backbone_workdir=RUN` runs on ROW's first-seed run (profiles, augmentation candidates from that
+backbone, groups, and its rerank), its output in EXPERIMENT_DIR/llm_outputs/llm.log. The LLM cache
+makes a rerun of it cheap (no LLM call when nothing changed), so it runs once per invocation that
+has such work left. Another model needs another `--llm_dir` (its outputs would otherwise replace
+these, and runs trained on them would be reused).
+
 A row with the token `--llm_rerank` is reranked by the LLM: after a run of it is trained,
 `python launch/llm.py --stage=rerank LLM_FLAGS --backbone_workdir=RUN --rerank_dir=DIR` writes
 rerank.json (valid and test metrics without and with reranking, alpha, the rerank's LLM calls and
@@ -73,7 +84,7 @@ from lagcl_jax import reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_COMMAND = (sys.executable, os.path.join(REPO, "launch", "train.py"))
-RERANK_COMMAND = (sys.executable, os.path.join(REPO, "launch", "llm.py"))
+LLM_COMMAND = (sys.executable, os.path.join(REPO, "launch", "llm.py"))
 RUN_FILE = "experiment_run.json"
 FINAL_FILE = "final_metrics.json"
 PER_USER_FILE = "per_user_test.npz"
@@ -82,6 +93,9 @@ RERANK_MARKER = "--llm_rerank"  # In a row: its runs are reranked by the LLM aft
 RERANK_RUN_FILE = "experiment_rerank.json"
 RERANK_FILE = "rerank.json"  # Written last by launch/llm.py --stage=rerank.
 RERANK_PER_USER_FILE = "rerank_per_user_test.npz"
+LLM_DIR = "{llm_dir}"  # In rows and --llm_flags: the last --llm_dir of --llm_flags.
+LLM_OUTPUTS_DIR = "llm_outputs"  # EXPERIMENT_DIR/llm_outputs: the log of --llm_backbone's stage.
+LLM_OUTPUTS_RUN_FILE = "experiment_llm.json"
 # launch/train.py's flags besides the Config fields (lagcl_jax/flags.py) and absl's logging ones.
 TRAIN_SCRIPT_FLAGS = ("flagfile", "coordinator_address", "num_processes", "process_id",
                       "verbosity", "v", "logtostderr", "alsologtostderr")
@@ -96,6 +110,7 @@ class Row:
   name: str
   args: tuple[str, ...]
   rerank: bool = False
+  uses_llm_outputs: bool = False  # Its arguments named {llm_dir} (see resolve_llm_dir).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +123,21 @@ class Run:
   args: tuple[str, ...]  # launch/train.py arguments, --seed and --workdir last.
   rerank_dir: Optional[str] = None  # None: not reranked.
   rerank_args: tuple[str, ...] = ()  # launch/llm.py arguments of the rerank.
+  uses_llm_outputs: bool = False  # Trains on files of the LLM's --llm_dir.
+
+  @property
+  def needs_llm(self) -> bool:
+    """Training or reranking it needs the LLM's outputs."""
+    return self.uses_llm_outputs or self.rerank_dir is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMOutputs:
+  """The LLM stages that make an experiment's LLM outputs (`--llm_backbone`): launch/llm.py
+  --stage=all on the backbone row's first-seed run."""
+  backbone: Run
+  folder: str  # EXPERIMENT_DIR/llm_outputs: its arguments and log.
+  args: tuple[str, ...]  # launch/llm.py arguments.
 
 
 def parse_args(text: str, where: str) -> tuple[str, ...]:
@@ -138,6 +168,23 @@ def parse_row(spec: str) -> Row:
   if not args:
     raise ValueError(f"{where}: no model flagfile or flags after the name")
   return Row(name, args, rerank)
+
+
+def resolve_llm_dir(rows: Sequence[Row], llm_flags: Sequence[str]
+                    ) -> tuple[list[Row], tuple[str, ...]]:
+  """Rows and LLM flags with `{llm_dir}` replaced by the last --llm_dir= of llm_flags (rows that
+  named it marked `uses_llm_outputs`); ValueError when it is used and no --llm_dir is given."""
+  llm_dirs = [arg.split("=", 1)[1] for arg in llm_flags if arg.startswith("--llm_dir=")]
+  users = [row.name for row in rows if any(LLM_DIR in arg for arg in row.args)]
+  if (users or any(LLM_DIR in arg for arg in llm_flags)) and not llm_dirs:
+    where = f"rows {', '.join(users)}" if users else "--llm_flags"
+    raise ValueError(f"{where} name {LLM_DIR} but --llm_flags gives no --llm_dir=FOLDER")
+  if not llm_dirs:
+    return list(rows), tuple(llm_flags)
+  expand = lambda args: tuple(arg.replace(LLM_DIR, llm_dirs[-1]) for arg in args)
+  rows = [dataclasses.replace(row, args=expand(row.args), uses_llm_outputs=row.name in users)
+          for row in rows]
+  return rows, expand(llm_flags)
 
 
 def flag_names(*settings: type, script_flags: Sequence[str] = TRAIN_SCRIPT_FLAGS) -> set[str]:
@@ -185,10 +232,12 @@ def check_flags(where: str, args: Sequence[str], known: set[str], script: str,
 
 
 def check_rows(rows: Sequence[Row], baselines: Sequence[str] = (),
-               run_flags: Sequence[str] = (), llm_flags: Sequence[str] = ()) -> list[str]:
+               run_flags: Sequence[str] = (), llm_flags: Sequence[str] = (),
+               llm_backbone: Optional[str] = None) -> list[str]:
   """Problems of the rows, run flags and LLM flags (duplicate names, unknown baselines, missing
   flagfiles, flags launch/train.py or launch/llm.py does not know, reranked rows without LLM
-  flags); [] if none."""
+  flags, an --llm_backbone row that is unknown or not before the rows needing the LLM); [] if
+  none."""
   problems = []
   names = [row.name for row in rows]
   if not rows:
@@ -206,6 +255,15 @@ def check_rows(rows: Sequence[Row], baselines: Sequence[str] = (),
                     "--llm_flags give the LLM (e.g. --llm_flags=--flagfile=configs/llm_ml100k.cfg)")
   if llm_flags:
     problems += check_flags("--llm_flags", llm_flags, llm_flag_names(), "launch/llm.py")
+  if llm_backbone is not None:
+    if llm_backbone not in names:
+      return problems + [f"--llm_backbone: {llm_backbone!r} is not a row name"]
+    problems += [f"--llm_backbone={llm_backbone}: row {row.name} needs the LLM's outputs, so "
+                 "it must come after the backbone row"
+                 for row in rows[:names.index(llm_backbone) + 1]
+                 if row.uses_llm_outputs or row.rerank]
+    if not llm_flags:
+      problems.append(f"--llm_backbone={llm_backbone}: no --llm_flags give the LLM")
   return problems
 
 
@@ -248,8 +306,16 @@ def plan_runs(rows: Sequence[Row], seeds: Sequence[int], experiment_dir: str,
       rerank_args = (("--stage=rerank", *llm_flags, f"--backbone_workdir={workdir}",
                       f"--rerank_dir={own}") if row.rerank else ())
       runs.append(Run(row.name, seed, workdir, (*train_args, f"--workdir={workdir}"),
-                      own if row.rerank else None, rerank_args))
+                      own if row.rerank else None, rerank_args, row.uses_llm_outputs))
   return runs
+
+
+def plan_llm_outputs(runs: Sequence[Run], backbone_row: str, experiment_dir: str,
+                     llm_flags: Sequence[str]) -> LLMOutputs:
+  """The LLM stages of `--llm_backbone`: on the backbone row's first-seed run."""
+  backbone = next(run for run in runs if run.row == backbone_row)
+  return LLMOutputs(backbone, os.path.join(experiment_dir, LLM_OUTPUTS_DIR),
+                    ("--stage=all", *llm_flags, f"--backbone_workdir={backbone.workdir}"))
 
 
 def shard(runs: Sequence[Run], shard_index: int, num_shards: int) -> list[Run]:
@@ -329,10 +395,10 @@ def execute(run: Run, train_command: Sequence[str] = TRAIN_COMMAND) -> int:
   return _execute(run.workdir, RUN_FILE, "train.log", train_command, run.args)
 
 
-def execute_rerank(run: Run, rerank_command: Sequence[str] = RERANK_COMMAND) -> int:
+def execute_rerank(run: Run, llm_command: Sequence[str] = LLM_COMMAND) -> int:
   """Reranks a trained run with the LLM (launch/llm.py --stage=rerank; prompts already in the
   LLM cache are not run again); its output is appended to rerank.log. Returns the exit status."""
-  return _execute(run.rerank_dir, RERANK_RUN_FILE, "rerank.log", rerank_command, run.rerank_args)
+  return _execute(run.rerank_dir, RERANK_RUN_FILE, "rerank.log", llm_command, run.rerank_args)
 
 
 def log_tail(path: str, lines: int = 5) -> str:
@@ -342,15 +408,45 @@ def log_tail(path: str, lines: int = 5) -> str:
     return "".join(f.readlines()[-lines:])
 
 
+def make_llm_outputs(llm_outputs: LLMOutputs, llm_command: Sequence[str] = LLM_COMMAND,
+                     log: Callable[[str], None] = print) -> bool:
+  """Runs the LLM stages of `--llm_backbone` (see the module docstring); whether they succeeded."""
+  if not is_finished(llm_outputs.backbone):
+    log(f"LLM outputs: the backbone run {llm_outputs.backbone.workdir} is not finished (with "
+        "--num_shards, run the shard that trains it first)")
+    return False
+  log(f"LLM outputs: launch/llm.py --stage=all on {llm_outputs.backbone.workdir}")
+  code = _execute(llm_outputs.folder, LLM_OUTPUTS_RUN_FILE, "llm.log", llm_command,
+                  llm_outputs.args)
+  log_path = os.path.join(llm_outputs.folder, "llm.log")
+  if code != 0:
+    log(f"LLM outputs: FAILED (exit status {code}); end of {log_path}:\n{log_tail(log_path)}")
+  else:
+    log(f"LLM outputs: done (stage lines in {log_path})")
+  return code == 0
+
+
 def run_all(runs: Sequence[Run], train_command: Sequence[str] = TRAIN_COMMAND,
             log: Callable[[str], None] = print,
-            rerank_command: Sequence[str] = RERANK_COMMAND) -> list[Run]:
+            llm_command: Sequence[str] = LLM_COMMAND,
+            llm_outputs: Optional[LLMOutputs] = None) -> list[Run]:
   """Trains every unfinished run in order (a work directory shared by several rows once), then
-  reranks it if its row is reranked; goes on after failures; returns the failed runs."""
+  reranks it if its row is reranked; goes on after failures; returns the failed runs. With
+  `llm_outputs`, the LLM stages run (once) before the first run that needs them and has work
+  left; if they fail, those runs fail unrun."""
   failed, trained_by = [], {}
+  llm_ready = None  # None: not run yet in this invocation; then whether it succeeded.
   for number, run in enumerate(runs, start=1):
     prefix = f"[{number}/{len(runs)}] {run.row} seed {run.seed}"
     state = status(run)
+    work_left = state != "finished" or (run.rerank_dir is not None and not is_reranked(run))
+    if llm_outputs is not None and run.needs_llm and work_left:
+      if llm_ready is None:
+        llm_ready = make_llm_outputs(llm_outputs, llm_command, log)
+      if not llm_ready:
+        log(f"{prefix}: not run, the LLM outputs it needs failed")
+        failed.append(run)
+        continue
     if run.workdir in trained_by:
       log(f"{prefix}: same training as {trained_by[run.workdir]} ({run.workdir})")
     elif state == "finished":
@@ -373,7 +469,7 @@ def run_all(runs: Sequence[Run], train_command: Sequence[str] = TRAIN_COMMAND,
       log(f"{prefix}: reranked before, skipped")
       continue
     log(f"{prefix}: LLM reranking {run.workdir} into {run.rerank_dir}")
-    code = execute_rerank(run, rerank_command)
+    code = execute_rerank(run, llm_command)
     if code == 0 and is_reranked(run):
       llm = _read_json(os.path.join(run.rerank_dir, RERANK_FILE)).get("llm", {})
       log(f"{prefix}: reranked ({llm.get('llm_calls')} LLM calls, "
