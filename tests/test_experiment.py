@@ -490,6 +490,26 @@ def test_significance_pairs_users_by_id_over_seed_means(tmp_path, fake_train):
   assert tests["same"]["ndcg@20"]["wilcoxon_p"] is None  # All ties.
 
 
+def test_significance_uses_only_the_seeds_both_rows_finished(tmp_path, fake_train):
+  rows, runs = finished_experiment(tmp_path, fake_train)
+  for run in runs:  # "better" keeps seed 0 only
+    if run.row == "better" and run.seed > 0:
+      os.remove(os.path.join(run.workdir, "final_metrics.json"))
+  results = experiments.collect(rows, runs, ["base"], ["ndcg@20"])
+  test = results["significance"]["base"]["better"]["ndcg@20"]
+  assert test["seeds"] == [0]
+  assert results["significance"]["base"]["same"]["ndcg@20"]["seeds"] == [0, 1, 2]
+
+  def seed0(row):
+    run = next(r for r in runs if r.row == row and r.seed == 0)
+    with np.load(os.path.join(run.workdir, "per_user_test.npz")) as data:
+      return dict(zip(data["user_ids"].tolist(), data["ndcg@20"].tolist()))
+
+  better, base = seed0("better"), seed0("base")
+  assert test["mean_difference"] == pytest.approx(np.mean([better[u] - base[u] for u in base]))
+  assert "| better | ndcg@20 | 0 | 60 |" in experiments.render_markdown("e", results, ["test/ndcg@20"])
+
+
 def wilcoxon_normal_reference(differences):
   """Two-sided Wilcoxon signed-rank p-value from the formula: zeros dropped, average ranks of
   |d|, W+ against n(n+1)/4 with variance n(n+1)(2n+1)/24 - sum(t^3 - t)/48 over tie groups."""
@@ -556,9 +576,9 @@ def test_report_is_deterministic_and_complete(tmp_path, fake_train):
   markdown = files["results.md"].decode()
   better = results["summary"]["better"]["metrics"]["test/ndcg@20"]
   assert f"{better['mean']:.4f} ± {better['std']:.4f}" in markdown
-  assert "| better | ndcg@20 | 60 |" in markdown
+  assert "| better | ndcg@20 | 0,1,2 | 60 |" in markdown
   [line] = [l for l in markdown.splitlines() if l.startswith("| better | ndcg@20 |")]
-  assert line.split(" | ")[6].endswith("*")  # Wilcoxon p < 0.05 is marked.
+  assert line.split(" | ")[7].endswith("*")  # Wilcoxon p < 0.05 is marked.
   ours = results["summary"]["base"]["metrics"]["test/ndcg@20"]["mean"]
   assert f"{100 * (ours / 0.3 - 1):+.1f}%" in markdown
   assert markdown.index("| base |") < markdown.index("| better |") < markdown.index("| same |")

@@ -58,7 +58,8 @@ from the finished runs' files only, so rewriting it is deterministic:
   (median of metrics.jsonl's `train/seconds`: the first epoch's includes compilation), and every
   seed's own values;
 - against each baseline row, per metric of `per_user_test.npz` (arrays `user_ids` and one per
-  metric, e.g. `ndcg@20`): each user's value is averaged over the row's seeds, users are paired by
+  metric, e.g. `ndcg@20`): each user's value is averaged over the seeds both rows finished (a row
+  missing a seed is not compared with the baseline's mean over more seeds), users are paired by
   id, and the differences (row - baseline) get a Wilcoxon signed-rank test (scipy; zero
   differences dropped, exact for small samples without ties, else the normal approximation with
   tie correction) and a paired t-test, both two-sided;
@@ -588,16 +589,19 @@ def paired_test(row: dict[str, float], baseline: dict[str, float]) -> dict[str, 
   return result
 
 
-def significance(rows: Sequence[str], baseline: str, tables: dict[str, list[dict]],
+def significance(rows: Sequence[str], baseline: str, tables: dict[str, dict[int, dict]],
                  metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
-  """{row: {metric: paired_test}} of every row but the baseline, from per-user tables (a list
-  of `read_per_user` tables, one per finished seed, per row)."""
+  """{row: {metric: paired_test + its seeds}} of every row but the baseline, from per-user
+  tables ({seed: `read_per_user` table} per row). Only the seeds both rows finished are used,
+  so a row that lacks a seed is not compared with the baseline's average over more seeds."""
   result = {}
   for row in rows:
-    if row == baseline or not tables.get(row) or not tables.get(baseline):
+    seeds = sorted(set(tables.get(row, {})) & set(tables.get(baseline, {})))
+    if row == baseline or not seeds:
       continue
-    result[row] = {m: paired_test(seed_averaged(tables[row], m),
-                                  seed_averaged(tables[baseline], m)) for m in metrics}
+    result[row] = {m: {**paired_test(seed_averaged([tables[row][s] for s in seeds], m),
+                                     seed_averaged([tables[baseline][s] for s in seeds], m)),
+                       "seeds": seeds} for m in metrics}
   return result
 
 
@@ -605,7 +609,7 @@ def collect(rows: Sequence[Row], runs: Sequence[Run], baselines: Sequence[str],
             significance_metrics: Sequence[str]) -> dict[str, Any]:
   """The experiment's results from the finished runs' files (see the module docstring)."""
   records = {row.name: {} for row in rows}
-  tables = {row.name: [] for row in rows}
+  tables = {row.name: {} for row in rows}
   missing, without_per_user = [], []
   for run in runs:
     if not is_finished(run) or (run.rerank_dir is not None and not is_reranked(run)):
@@ -619,7 +623,7 @@ def collect(rows: Sequence[Row], runs: Sequence[Run], baselines: Sequence[str],
       records[run.row][run.seed] = rerank_record(run)
       path = os.path.join(run.rerank_dir, RERANK_PER_USER_FILE)
     if os.path.isfile(path):
-      tables[run.row].append(read_per_user(path))
+      tables[run.row][run.seed] = read_per_user(path)
     else:
       without_per_user.append(f"{run.row}/seed_{run.seed}")
   names = [row.name for row in rows]
@@ -727,17 +731,19 @@ def render_markdown(name: str, results: dict[str, Any], main_metrics: Sequence[s
 
   for baseline in results["baselines"]:
     out += [f"## Against `{baseline}`", "",
-            "Per test user, the metric averaged over the row's seeds; users paired by id; "
+            "Per test user, the metric averaged over the seeds both rows finished (column "
+            "seeds); users paired by id; "
             f"difference = row − {baseline}. Two-sided p-values of the Wilcoxon signed-rank test "
             f"and the paired t-test; * marks p < {SIGNIFICANCE_LEVEL}.", ""]
     lines = []
     for row in rows:
       for metric, test in sorted(results["significance"][baseline].get(row, {}).items()):
-        lines.append([row, metric, str(test["num_users"]), _number(test.get("row_mean")),
+        lines.append([row, metric, ",".join(map(str, test["seeds"])), str(test["num_users"]),
+                      _number(test.get("row_mean")),
                       _number(test.get("baseline_mean")), _number(test.get("mean_difference")),
                       _p_value(test.get("wilcoxon_p")), _p_value(test.get("ttest_p"))])
     if lines:
-      out += _table(["row", "metric", "users", "row mean", f"{baseline} mean", "difference",
+      out += _table(["row", "metric", "seeds", "users", "row mean", f"{baseline} mean", "difference",
                      "Wilcoxon p", "t-test p"], lines)
     else:
       out.append(f"No test: `{baseline}` or the other rows have no finished run with "
