@@ -81,9 +81,9 @@ class RowBlocks:
   """A graph's adjacency rows in `num_blocks` equal contiguous blocks, one per device.
 
   `graph` stacks the blocks along a leading device axis (`pmap` with in_axes=0 hands each device
-  its own): the edges whose receiver lies in the block, sorted by receiver then sender, receivers
-  counted from the block's first row, padded with weight-0 edges to a common count; `n_node` is
-  the block's rows and `n_edge` its real edges. The node count is padded up to a multiple of
+  its own): the edges whose receiver lies in the block, sorted by receiver, receivers counted
+  from the block's first row, padded with weight-0 edges to a common count; `n_node` is the
+  block's rows and `n_edge` its real edges. The node count is padded up to a multiple of
   `num_blocks` (the padding rows are empty).
   """
   graph: jraph.GraphsTuple
@@ -332,7 +332,7 @@ def _scipy_propagation(graph: jraph.GraphsTuple, num_threads: int) -> Propagatio
                            propagate_block_bwd)
     return propagate_block
 
-  block_edges = functools.lru_cache(maxsize=None)(
+  block_edges = functools.lru_cache(maxsize=None)(  # What split_rows gives each block.
       lambda num_blocks: split_rows(graph, num_blocks, "").graph.senders.shape[-1])
 
   def propagate_scipy_csr(graph, x, rows=None):

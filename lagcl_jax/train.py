@@ -115,9 +115,9 @@ def batch_nodes(batch: dict[str, Any], num_users: int) -> jax.Array:
                           batch["neg_items"].reshape(-1) + num_users])
 
 
-def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_groups: jax.Array,
-               item_groups: jax.Array, batch: dict[str, jax.Array], counts: dict[str, jax.Array],
-               *, config: config_lib.Config, num_users: int):
+def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple | graph_lib.RowBlocks,
+               user_groups: jax.Array, item_groups: jax.Array, batch: dict[str, jax.Array],
+               counts: dict[str, jax.Array], *, config: config_lib.Config, num_users: int):
   """One optimisation step on this device's slice of the batch (run under `pmap`).
 
   Args:
