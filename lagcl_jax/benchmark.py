@@ -636,17 +636,16 @@ def _devices_lines(devices: dict[str, Any]) -> list[str]:
   """The table's lines for `compare_device_counts`' result."""
   if "error" in devices:
     return [f"devices comparison failed: {devices['error'][-300:]}"]
-  lines = [f"{'devices, ms (speedup)':<26}{'training step':>18}{'propagation fwd+bwd':>22}"]
+  lines = [f"{'devices: wall ms (speedup)':<26}{'training step':>18}{'propagation fwd+bwd':>22}"]
   for count in DEVICE_COUNTS:
     entry = devices.get(_devices_name(count))
     if entry is None:
       continue
-    speedup = lambda key: f" ({entry[key]:.2f})" if key in entry else ""
+    cell = lambda seconds, speedup: f"{seconds * _MS:.1f}" + (
+        f" ({entry[speedup]:.2f})" if speedup in entry else "")
     name = f"{count}{' (sharded)' if entry['sharded_propagation'] else ''}"
-    lines.append(f"{name:<26}"
-                 f"{entry['seconds_per_step'] * _MS:>12.1f}{speedup('speedup'):>6}"
-                 f"{entry['propagation_fwd_bwd']['seconds'] * _MS:>16.1f}"
-                 f"{speedup('propagation_speedup'):>6}")
+    lines.append(f"{name:<26}{cell(entry['seconds_per_step'], 'speedup'):>18}"
+                 f"{cell(entry['propagation_fwd_bwd']['seconds'], 'propagation_speedup'):>22}")
   lines.append(f"max parameter difference from 1 device {devices['max_param_difference']:.1e} "
                f"after {devices['steps']} steps")
   return lines
