@@ -11,10 +11,10 @@ measured in one run, are the figures that count.
 - phases, per step, timed as separately jitted pieces on the inputs of one batch: negative
   sampling (the host sampler), host-device transfer of the batch, propagation forward + backward
   (the encoder with its noise, through `jax.vjp`, pmapped over the run's devices on the training
-  graph; of which the noise draws), losses forward +
-  backward (`train_step` on a state whose "model" returns fixed embeddings, so with the batch
-  gathers and gradient scatters), the optimizer (Adam's `apply_gradients`), the whole device
-  step; loop_overhead = training loop - device step - sampling - transfer.
+  graph; of which the noise draws), losses forward + backward (`train_step` on a state whose
+  "model" returns fixed embeddings, so with the batch gathers and gradient scatters), the
+  optimizer (Adam's `apply_gradients`), the whole device step; loop_overhead = training loop -
+  device step - sampling - transfer.
 - limit: the fastest forward + backward propagation of this graph on this platform,
   2 x num_layers products of the normalised adjacency with an [N, d] matrix (it is symmetric, so
   the backward is the same product), over every kernel tried: SciPy CSR on 1 and on all cores
