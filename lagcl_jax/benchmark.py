@@ -1,5 +1,5 @@
 """Speed and memory benchmark: one training epoch by phase, the platform's propagation limit,
-full-ranking evaluation, 1 vs 2 devices, and a synthetic power-law graph at scale.
+full-ranking evaluation, 1, 2 and 4 devices, and a synthetic power-law graph at scale.
 
 Definitions. Times are medians of repeats, as wall seconds and as process CPU seconds (all
 threads; on a shared machine CPU time varies less). The machine may be shared, so the ratios,
@@ -10,10 +10,11 @@ measured in one run, are the figures that count.
   same graph, one uniform negative, plain InfoNCE) run interleaved.
 - phases, per step, timed as separately jitted pieces on the inputs of one batch: negative
   sampling (the host sampler), host-device transfer of the batch, propagation forward + backward
-  (the encoder with its noise, through `jax.vjp`; of which the noise draws), losses forward +
-  backward (`train_step` on a state whose "model" returns fixed embeddings, so with the batch
-  gathers and gradient scatters), the optimizer (Adam's `apply_gradients`), the whole device
-  step; loop_overhead = training loop - device step - sampling - transfer.
+  (the encoder with its noise, through `jax.vjp`, pmapped over the run's devices on the training
+  graph; of which the noise draws), losses forward + backward (`train_step` on a state whose
+  "model" returns fixed embeddings, so with the batch gathers and gradient scatters), the
+  optimizer (Adam's `apply_gradients`), the whole device step; loop_overhead = training loop -
+  device step - sampling - transfer.
 - limit: the fastest forward + backward propagation of this graph on this platform,
   2 x num_layers products of the normalised adjacency with an [N, d] matrix (it is symmetric, so
   the backward is the same product), over every kernel tried: SciPy CSR on 1 and on all cores
@@ -23,14 +24,18 @@ measured in one run, are the figures that count.
   process gets a varying share of the cores).
   Each repeat times the limit, LAGCL and XSimGCL back to back; a ratio is the median over the
   repeats of the ratio within a repeat.
-- devices (subprocess, forced host devices on CPU): 1 vs 2 devices on the same batches:
-  throughput and the largest parameter difference.
+- devices (subprocess, 4 forced host devices on CPU): 1, 2 and 4 devices on the same batches:
+  training throughput, the largest parameter difference from 1 device, and the propagation
+  forward + backward (the pmapped encoder over the training graph, as in the phases; sharded
+  over the devices with --shard_propagation), with speedups over 1 device. Forced host devices
+  share the machine's cores: they check equality and sharding, not real scaling.
 - scale (subprocess): power-law data, graph build, two training steps (the first compiles), the
   embeddings and one evaluation batch, with the process's peak resident memory.
 """
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -70,8 +75,8 @@ class Options:
   repeats: int = setting(5, "Repeats of (limit, LAGCL steps, XSimGCL steps).")
   phase_repeats: int = setting(10, "Repeats of each jitted phase and of each limit kernel.")
   eval_repeats: int = setting(3, "Repeats of the full evaluation.")
-  device_steps: int = setting(20, "Steps per device count in the 1 vs 2 forced host devices run; "
-                              "0 skips it.")
+  device_steps: int = setting(20, "Steps per device count in the 1, 2, 4 forced host devices "
+                              "run; 0 skips it.")
   scale: bool = setting(False, "Also run the synthetic power-law scale test (heavy).")
   scale_users: int = setting(1_000_000, "Scale test users.")
   scale_items: int = setting(200_000, "Scale test items.")
@@ -192,7 +197,7 @@ class EpochTimer:
     self.p_train_step = train.pmap_train_step(setup, devices)
     self.initial_state = train.create_train_state(setup)
     self.reset()
-    self.graph = jax.device_put(setup.graph)
+    self.graph = train.training_graph(setup, devices)
     self.user_groups = jnp.asarray(setup.user_groups)
     self.item_groups = jnp.asarray(setup.item_groups)
 
@@ -221,6 +226,24 @@ class EpochTimer:
     return {"seconds": (time.perf_counter() - start) / steps,
             "cpu_seconds": (time.process_time() - start_cpu) / steps}
 
+  @functools.cached_property
+  def encoder_fwd_bwd(self) -> Callable[[Any, dict], Any]:
+    """The encoder's forward and backward pass as the step runs it (noise, the batch's rows),
+    pmapped over the devices on the training graph: (replicated params, sharded batch arrays)
+    -> per device ((final, cl_view) at its rows, its parameter gradients)."""
+    setup = self.setup
+    noise_key = jax.random.PRNGKey(setup.config.seed + 1) if setup.config.eps > 0 else None
+
+    def fwd_bwd(params, graph, batch):
+      rows = train.batch_nodes(batch, setup.dataset.num_users)
+      outputs, pullback = jax.vjp(
+          lambda p: setup.model.apply({"params": p}, graph, noise_key, rows), params)
+      return outputs, pullback(outputs)[0]
+
+    pmapped = jax.pmap(fwd_bwd, train.AXIS, devices=self.devices,
+                       in_axes=(0, train.graph_in_axis(setup.config, self.devices), 0))
+    return lambda params, arrays: pmapped(params, self.graph, arrays)
+
 
 def _embedding_state(final: jax.Array, cl_view: jax.Array) -> train_state.TrainState:
   """A train state whose "model" returns fixed embeddings of the batch's rows: `train_step` on
@@ -244,29 +267,23 @@ def phase_times(timer: EpochTimer, repeats: int) -> dict[str, dict[str, float]]:
   times = {"negative_sampling": {"seconds": float(np.median([d[0] for d in draws[1:]])),
                                  "cpu_seconds": float(np.median([d[1] for d in draws[1:]]))}}
   arrays, counts = train.shard_batch(batch, len(devices))
-  put = lambda: jax.device_put((arrays, counts), train.pmap_sharding(devices))
+  put = lambda: train.place_local((arrays, counts), devices)
   times["host_device_transfer"] = measure(put, repeats)
   inputs = put()
 
-  params = train.create_train_state(setup).params
-  noise_key = jax.random.PRNGKey(config.seed + 1) if config.eps > 0 else None
-  rows = train.batch_nodes(jax.tree.map(lambda x: jnp.asarray(x[0]), arrays),
-                           setup.dataset.num_users)  # Those of the first device.
-
-  @jax.jit
-  def encoder_fwd_bwd(params):
-    outputs, pullback = jax.vjp(
-        lambda p: setup.model.apply({"params": p}, timer.graph, noise_key, rows), params)
-    return outputs, pullback(outputs)[0]
-
-  times["propagation_fwd_bwd"] = measure(lambda: encoder_fwd_bwd(params), repeats)
-  if noise_key is not None:  # As the encoder draws it: the last layer at the batch's rows.
+  params = train.replicate(timer.initial_state.params, devices)
+  times["propagation_fwd_bwd"] = measure(lambda: timer.encoder_fwd_bwd(params, inputs[0]),
+                                         repeats)
+  if config.eps > 0:  # As the encoder draws it: the last layer at the batch's rows.
+    rows = train.batch_nodes(jax.tree.map(lambda x: jnp.asarray(x[0]), arrays),
+                             setup.dataset.num_users)  # Those of the first device.
     shape = (graph_lib.num_nodes(setup.graph), config.embedding_dim)
     noise = jax.jit(lambda key: [model_lib.uniform_rows(
         jax.random.fold_in(key, layer), shape, rows if layer == config.num_layers else None)
                                  for layer in range(1, config.num_layers + 1)])
-    times["of_which_noise"] = measure(lambda: noise(noise_key), repeats)
-  (final, cl_view), grads = encoder_fwd_bwd(params)
+    times["of_which_noise"] = measure(lambda: noise(jax.random.PRNGKey(config.seed + 1)),
+                                      repeats)
+  (final, cl_view), grads = jax.tree.map(lambda x: x[0], timer.encoder_fwd_bwd(params, inputs[0]))
 
   losses = EpochTimer(setup, devices)
   losses.p_train_step = timer.p_train_step
@@ -406,34 +423,55 @@ def scale_test(config: config_lib.Config, options: Options) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# 1 vs 2 devices.
+# 1, 2 and 4 devices.
+
+DEVICE_COUNTS = (1, 2, 4)
 
 
-def compare_device_counts(config: config_lib.Config, steps: int) -> dict[str, Any]:
-  """Trains `steps` steps on the same batches with 1 and with 2 local devices: throughput of
-  each and the largest parameter difference (data parallelism must not change the update)."""
-  if len(jax.local_devices()) < 2:
-    raise ValueError("compare_device_counts needs 2 local devices "
-                     "(XLA_FLAGS=--xla_force_host_platform_device_count=2 on CPU).")
+def _devices_name(count: int) -> str:
+  return f"{count}_device{'s' if count > 1 else ''}"
+
+
+def compare_device_counts(config: config_lib.Config, steps: int,
+                          repeats: int) -> dict[str, Any]:
+  """Trains `steps` steps on the same batches with each of `DEVICE_COUNTS` local devices (those
+  there are): the throughput of each, the largest parameter difference from 1 device (data
+  parallelism must not change the update), and the pmapped encoder forward + backward over the
+  training graph (sharded with --shard_propagation), each with its speedup over 1 device."""
+  counts = [count for count in DEVICE_COUNTS if count <= len(jax.local_devices())]
+  if len(counts) < 2:
+    raise ValueError("compare_device_counts needs 2 or more local devices "
+                     "(XLA_FLAGS=--xla_force_host_platform_device_count=4 on CPU).")
   dataset = data_lib.load_dataset(config)
   result, params = {}, {}
-  for count in (1, 2):
+  for count in counts:
+    devices = jax.local_devices()[:count]
     setup = train.create_model(config.replace(num_devices=count), dataset)
-    timer = EpochTimer(setup, jax.local_devices()[:count])
+    timer = EpochTimer(setup, devices)
     timer.run(0, 2)  # Compiles; then start again from the same initial state.
     timer.reset()
     steps = min(steps, timer.sampler.num_batches)
     seconds = timer.run(0, steps)["seconds"]
     params[count] = train.unreplicate(timer.state).params
-    result[f"{count}_device{'s' if count > 1 else ''}"] = {
+    arrays = train.place_local(train.shard_batch(next(timer.sampler.epoch(0)), count)[0], devices)
+    replicated = train.replicate(timer.initial_state.params, devices)
+    result[_devices_name(count)] = {
         "seconds_per_step": seconds, "rows_per_second": config.batch_size / seconds,
-        "propagation_kernel": setup.model.propagate.__name__}
-  differences = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
-                                             params[1], params[2]))
+        "propagation_kernel": setup.model.propagate.__name__,
+        "sharded_propagation": train.shards_propagation(setup.config, devices),
+        "propagation_fwd_bwd": measure(lambda: timer.encoder_fwd_bwd(replicated, arrays),
+                                       repeats)}
+  one = result[_devices_name(1)]
+  for count in counts[1:]:
+    entry = result[_devices_name(count)]
+    entry["speedup"] = one["seconds_per_step"] / entry["seconds_per_step"]
+    entry["propagation_speedup"] = (one["propagation_fwd_bwd"]["seconds"] /
+                                    entry["propagation_fwd_bwd"]["seconds"])
+    entry["max_param_difference"] = max(jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))), params[1], params[count])))
   result["steps"] = steps
-  result["max_param_difference"] = max(differences)
-  result["speedup"] = (result["1_device"]["seconds_per_step"] /
-                       result["2_devices"]["seconds_per_step"])
+  result["max_param_difference"] = max(result[_devices_name(c)]["max_param_difference"]
+                                       for c in counts[1:])
   return result
 
 
@@ -484,7 +522,7 @@ def part_main(request_path: str) -> None:
   config = config_lib.config_from_dict(request["config"])
   options = Options(**request["options"])
   if request["part"] == "devices":
-    result = compare_device_counts(config, options.device_steps)
+    result = compare_device_counts(config, options.device_steps, options.phase_repeats)
   elif request["part"] == "scale":
     result = scale_test(config, options)
   else:
@@ -513,6 +551,7 @@ def run(config: config_lib.Config, options: Options,
                      "num_edges": int(graph.n_edge.sum()), "num_batches": num_batches,
                      "batch_size": config.batch_size, "embedding_dim": config.embedding_dim,
                      "num_layers": config.num_layers, "num_devices": len(devices),
+                     "sharded_propagation": train.shards_propagation(config, devices),
                      "propagation_kernel": setups["lagcl"].model.propagate.__name__}
 
   log("Platform limit (propagation kernels)...")
@@ -573,8 +612,9 @@ def run(config: config_lib.Config, options: Options,
   result["memory"] = {"host": host_memory(), "device": device_memory()}
 
   if options.device_steps > 0:
-    log(f"1 vs 2 devices ({options.device_steps} steps each, subprocess)...")
-    result["devices"] = _run_part_or_error("devices", config, options, num_host_devices=2)
+    log(f"Devices {DEVICE_COUNTS} ({options.device_steps} steps each, subprocess)...")
+    result["devices"] = _run_part_or_error("devices", config, options,
+                                           num_host_devices=max(DEVICE_COUNTS))
   if options.scale:
     log(f"Scale test: {options.scale_users} users, {options.scale_items} items, "
         f"{options.scale_interactions} interactions (subprocess)...")
@@ -590,6 +630,25 @@ def run(config: config_lib.Config, options: Options,
 
 def _gib(num_bytes: Optional[int]) -> str:
   return "n/a" if num_bytes is None else f"{num_bytes / 2**30:.2f} GiB"
+
+
+def _devices_lines(devices: dict[str, Any]) -> list[str]:
+  """The table's lines for `compare_device_counts`' result."""
+  if "error" in devices:
+    return [f"devices comparison failed: {devices['error'][-300:]}"]
+  lines = [f"{'devices: wall ms (speedup)':<26}{'training step':>18}{'propagation fwd+bwd':>22}"]
+  for count in DEVICE_COUNTS:
+    entry = devices.get(_devices_name(count))
+    if entry is None:
+      continue
+    cell = lambda seconds, speedup: f"{seconds * _MS:.1f}" + (
+        f" ({entry[speedup]:.2f})" if speedup in entry else "")
+    name = f"{count}{' (sharded)' if entry['sharded_propagation'] else ''}"
+    lines.append(f"{name:<26}{cell(entry['seconds_per_step'], 'speedup'):>18}"
+                 f"{cell(entry['propagation_fwd_bwd']['seconds'], 'propagation_speedup'):>22}")
+  lines.append(f"max parameter difference from 1 device {devices['max_param_difference']:.1e} "
+               f"after {devices['steps']} steps")
+  return lines
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -626,12 +685,7 @@ def format_table(result: dict[str, Any]) -> str:
   lines.append(f"peak host memory {_gib(result['memory']['host']['peak_rss_bytes'])}; device "
                f"peak {', '.join(_gib(p) for p in device_peaks)}")
   if "devices" in result:
-    d = result["devices"]
-    lines.append(f"1 vs 2 devices: {d['1_device']['seconds_per_step'] * _MS:.1f} vs "
-                 f"{d['2_devices']['seconds_per_step'] * _MS:.1f} ms per step (speedup "
-                 f"{d['speedup']:.2f}), max parameter difference {d['max_param_difference']:.1e} "
-                 f"after {d['steps']} steps" if "error" not in d else
-                 f"1 vs 2 devices failed: {d['error'][-300:]}")
+    lines.extend(_devices_lines(result["devices"]))
   if "scale" in result:
     s = result["scale"]
     lines.append(f"scale ({s['num_users']} users, {s['num_items']} items, "

@@ -151,6 +151,10 @@ class Config:
       False, "after selection, retrain on train+valid for the best #epochs")
   checkpoint_every_steps: int = setting(0, "0: checkpoint at epoch ends only")
   num_devices: int = setting(0, "0: all local devices")
+  shard_propagation: bool = setting(
+      True, "with more than one training device, each device propagates only its block of the "
+      "graph's rows and the blocks are all-gathered (False: every device propagates the whole "
+      "graph); one device, and evaluation, always propagate the whole graph")
 
   # --- Evaluation ---------------------------------------------------------------------------
   top_k: tuple[int, ...] = setting((10, 20), "cut-offs K of the ranking metrics")

@@ -8,6 +8,13 @@ A propagation is `propagate(graph, x, rows=None)`: `A x` for x [N, d], or with `
 those rows of it, `(A x)[rows]` [R, d] (the last layer of a training step is read at the batch's
 nodes only, so only their rows are computed where the kernel can).
 
+Sharded over devices (under `pmap`), `graph` is one device's `RowBlocks` (`split_rows`): the
+device multiplies its block of rows, `A[block] x`, and the blocks are all-gathered into `A x`
+(`rows` are then taken from it: no rows-only product when sharded). Both kernels do this (the
+scipy kernel multiplies the block's CSR slice, and its transpose backward); the gradient of the
+gather sums every device's cotangent of the block, so the gradients summed over the devices are
+the whole graph's.
+
 Kernels (one flag, `propagation_kernel`, each checked equal to `segment_sum` in tests):
 - `segment_sum`: jraph-style message passing (gather senders, segment-sum onto receivers). Portable,
   stays inside XLA; the right choice on GPU/TPU. `rows` are gathered from the whole product.
@@ -24,6 +31,7 @@ import functools
 import os
 from typing import Callable, Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import jraph
@@ -68,13 +76,73 @@ def to_csr(graph: jraph.GraphsTuple) -> sp.csr_matrix:
       shape=(n, n), dtype=np.float32)
 
 
-def propagate_segment_sum(graph: jraph.GraphsTuple, x: jax.Array,
+@flax.struct.dataclass
+class RowBlocks:
+  """A graph's adjacency rows in `num_blocks` equal contiguous blocks, one per device.
+
+  `graph` stacks the blocks along a leading device axis (`pmap` with in_axes=0 hands each device
+  its own): the edges whose receiver lies in the block, sorted by receiver, receivers counted
+  from the block's first row, padded with weight-0 edges to a common count; `n_node` is the
+  block's rows and `n_edge` its real edges. The node count is padded up to a multiple of
+  `num_blocks` (the padding rows are empty).
+  """
+  graph: jraph.GraphsTuple
+  num_nodes: int = flax.struct.field(pytree_node=False)
+  num_blocks: int = flax.struct.field(pytree_node=False)
+  axis_name: str = flax.struct.field(pytree_node=False)  # The pmap axis the blocks lie on.
+
+  @property
+  def block_size(self) -> int:
+    return -(-self.num_nodes // self.num_blocks)
+
+
+def split_rows(graph: jraph.GraphsTuple, num_blocks: int, axis_name: str) -> RowBlocks:
+  """The rows of `graph`'s adjacency split into `num_blocks` blocks for the devices of the pmap
+  axis `axis_name` (see `RowBlocks`)."""
+  n = num_nodes(graph)
+  size = -(-n // num_blocks)
+  receivers = np.asarray(graph.receivers)
+  order = np.argsort(receivers, kind="stable")  # Already sorted when made by build_graph.
+  receivers = receivers[order]
+  senders, weights = np.asarray(graph.senders)[order], np.asarray(graph.edges)[order]
+  bounds = np.searchsorted(receivers, np.arange(num_blocks + 1) * size)
+  counts = np.diff(bounds)
+  width = max(int(counts.max()), 1)
+  block_senders = np.zeros((num_blocks, width), np.int32)
+  block_receivers = np.full((num_blocks, width), size - 1, np.int32)  # Padding: stays sorted.
+  block_weights = np.zeros((num_blocks, width), np.float32)
+  for block, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+    block_senders[block, :stop - start] = senders[start:stop]
+    block_receivers[block, :stop - start] = receivers[start:stop] - block * size
+    block_weights[block, :stop - start] = weights[start:stop]
+  blocks = jraph.GraphsTuple(
+      nodes=None, edges=block_weights, senders=block_senders, receivers=block_receivers,
+      n_node=np.full((num_blocks, 1), size, np.int32),
+      n_edge=counts.astype(np.int32)[:, None], globals=None)
+  return RowBlocks(blocks, n, num_blocks, axis_name)
+
+
+def gather_blocks(blocks: RowBlocks, block: jax.Array, rows: Optional[jax.Array]) -> jax.Array:
+  """`A x` (or its `rows`) from this device's block of it, [block_size, d]: all-gathered over
+  the devices, without the padding rows."""
+  whole = jax.lax.all_gather(block, blocks.axis_name, tiled=True)[:blocks.num_nodes]
+  return whole if rows is None else whole[rows]
+
+
+def _message_passing(graph: jraph.GraphsTuple, x: jax.Array, num_rows: int) -> jax.Array:
+  """`A x` over the edges of `graph` (receivers in [0, num_rows))."""
+  messages = x[graph.senders] * graph.edges[:, None]
+  return jax.ops.segment_sum(messages, graph.receivers, num_segments=num_rows,
+                             indices_are_sorted=True)
+
+
+def propagate_segment_sum(graph: jraph.GraphsTuple | RowBlocks, x: jax.Array,
                           rows: Optional[jax.Array] = None) -> jax.Array:
   """One normalised propagation step by message passing over the GraphsTuple (`rows`: only
-  those rows of the result)."""
-  messages = x[graph.senders] * graph.edges[:, None]
-  result = jax.ops.segment_sum(messages, graph.receivers, num_segments=x.shape[0],
-                               indices_are_sorted=True)
+  those rows of the result), or over this device's `RowBlocks`."""
+  if isinstance(graph, RowBlocks):
+    return gather_blocks(graph, _message_passing(graph.graph, x, graph.block_size), rows)
+  result = _message_passing(graph, x, x.shape[0])
   return result if rows is None else result[rows]
 
 
@@ -156,14 +224,19 @@ def _fingerprint(graph: jraph.GraphsTuple) -> tuple[int, int]:
   return arrays[0].shape[0], hash(tuple(a.tobytes() for a in arrays))
 
 
-def _check_same_graph(built_for: tuple[int, int, int], graph: jraph.GraphsTuple,
-                      x: jax.Array) -> None:
+def _check_same_graph(built_for: tuple[int, int, int], graph: jraph.GraphsTuple | RowBlocks,
+                      x: jax.Array, block_edges: Callable[[int], int]) -> None:
   """Raises unless `graph` (by content, or by shape when traced) and x's rows match `built_for`
-  (nodes, edges, hash)."""
-  traced = any(isinstance(a, jax.core.Tracer) for a in (graph.senders, graph.receivers,
-                                                       graph.edges))
-  edges = graph.senders.shape[0]
-  same_edges = edges == built_for[1] if traced else _fingerprint(graph) == built_for[1:]
+  (nodes, edges, hash); `RowBlocks` by their node count and edges per block, which must be
+  `block_edges(num_blocks)`."""
+  if isinstance(graph, RowBlocks):
+    edges = graph.graph.senders.shape[-1]
+    same_edges = graph.num_nodes == built_for[0] and edges == block_edges(graph.num_blocks)
+  else:
+    traced = any(isinstance(a, jax.core.Tracer) for a in (graph.senders, graph.receivers,
+                                                         graph.edges))
+    edges = graph.senders.shape[0]
+    same_edges = edges == built_for[1] if traced else _fingerprint(graph) == built_for[1:]
   if not same_edges or x.shape[-2] != built_for[0]:
     raise ValueError(
         f"The scipy propagation kernel was built for a graph of {built_for[0]} nodes and "
@@ -187,9 +260,27 @@ def _batched(product: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarra
   return batched
 
 
+def csr_block_products(adjacency: sp.csr_matrix, num_blocks: int, num_threads: int):
+  """`(block_product, block_transpose_product)` on the host for `num_blocks` equal row blocks of
+  `adjacency` (as `split_rows`: ceil(N / num_blocks) rows each, the last padded with empty rows):
+  `(x, block) -> adjacency[block's rows] @ x` ([rows, d]) and
+  `(g, block) -> adjacency[block's rows].T @ g` ([N, d]), each over `num_threads` threads."""
+  n = adjacency.shape[0]
+  size = -(-n // num_blocks)
+  indptr = np.concatenate([adjacency.indptr,
+                           np.full(size * num_blocks - n, adjacency.indptr[-1])])
+  padded = sp.csr_matrix((adjacency.data, adjacency.indices, indptr),
+                         shape=(size * num_blocks, adjacency.shape[1]))
+  blocks = [padded[block * size:(block + 1) * size] for block in range(num_blocks)]
+  forward = [csr_product(block, num_threads) for block in blocks]
+  backward = [csr_product(block.T.tocsr(), num_threads) for block in blocks]
+  return (lambda x, block: forward[int(block)](x)), (lambda g, block: backward[int(block)](g))
+
+
 def _scipy_propagation(graph: jraph.GraphsTuple, num_threads: int) -> Propagation:
   """A propagation that runs `adjacency @ x` on the host; its VJP is the same product (with
-  `rows`: `adjacency[rows] @ x`, whose VJP is `adjacency[rows].T @ g`).
+  `rows`: `adjacency[rows] @ x`, whose VJP is `adjacency[rows].T @ g`; over `RowBlocks`: this
+  device's block, `adjacency[block] @ x`, whose VJP is `adjacency[block].T @ g`, then gathered).
 
   The result has the dtype of x (computed in float32); under `vmap` the batch is one host call
   (with `rows`: one call per batch element). It refuses a graph other than the one it was built
@@ -222,8 +313,33 @@ def _scipy_propagation(graph: jraph.GraphsTuple, num_threads: int) -> Propagatio
 
   propagate_rows.defvjp(lambda x, rows: (propagate_rows(x, rows), rows), propagate_rows_bwd)
 
+  @functools.lru_cache(maxsize=None)
+  def block_propagation(num_blocks):
+    """`propagate_block(x, block index)` for `num_blocks` row blocks; the cores are shared
+    between the devices' concurrent calls."""
+    size = -(-built_for[0] // num_blocks)
+    block_product, block_transpose_product = csr_block_products(
+        adjacency, num_blocks, max(1, num_threads // num_blocks))
+
+    @jax.custom_vjp
+    def propagate_block(x, block):
+      return callback(block_product, (size, x.shape[-1]), x, block)
+
+    def propagate_block_bwd(block, g):
+      return callback(block_transpose_product, (built_for[0], g.shape[-1]), g, block), None
+
+    propagate_block.defvjp(lambda x, block: (propagate_block(x, block), block),
+                           propagate_block_bwd)
+    return propagate_block
+
+  block_edges = functools.lru_cache(maxsize=None)(  # What split_rows gives each block.
+      lambda num_blocks: split_rows(graph, num_blocks, "").graph.senders.shape[-1])
+
   def propagate_scipy_csr(graph, x, rows=None):
-    _check_same_graph(built_for, graph, x)
+    _check_same_graph(built_for, graph, x, block_edges)
+    if isinstance(graph, RowBlocks):
+      block = block_propagation(graph.num_blocks)(x, jax.lax.axis_index(graph.axis_name))
+      return gather_blocks(graph, block, rows)
     return propagate(x) if rows is None else propagate_rows(x, rows)
 
   return propagate_scipy_csr

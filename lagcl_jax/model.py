@@ -6,8 +6,10 @@ user-item graph; with a noise key (training of SimGCL/XSimGCL) each layer's outp
 (XSimGCL, SimGCL) or of layers 0..L (LightGCN, the ego embedding included); layer l* is
 XSimGCL's contrastive view. A training step reads the outputs at its batch's nodes only: given
 those `rows`, the last layer is propagated (and perturbed) for them alone, with the values the
-whole-graph pass has there. MostPop scores every item by its train popularity, through the same
-(user, item) inner-product interface, so every model shares one evaluation.
+whole-graph pass has there. Under `pmap` the graph may be one device's `graph.RowBlocks`: every
+layer is then propagated sharded over the devices (gathered, the same values). MostPop scores
+every item by its train popularity, through the same (user, item) inner-product interface, so
+every model shares one evaluation.
 """
 
 from typing import Optional

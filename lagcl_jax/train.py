@@ -2,9 +2,11 @@
 `train_and_evaluate`.
 
 The step is data-parallel with `jax.pmap` over the local devices (one device works the same), or
-over every process's devices when several run together (jax.distributed): the full-graph
-propagation is replicated, each device takes a slice of the batch, in-batch contrastive candidates
-are gathered from all devices, and gradients are summed. Losses are divided by the global batch
+over every process's devices when several run together (jax.distributed): each device takes a
+slice of the batch, in-batch contrastive candidates are gathered from all devices, and gradients
+are summed. The propagation is sharded (--shard_propagation, more than one device): each device
+multiplies its block of the graph's rows and the blocks are all-gathered (`training_graph`);
+otherwise every device propagates the whole graph. Losses are divided by the global batch
 counts, so 1 and N devices compute the same update. Every process draws the same global batch and
 feeds its own devices' rows; only process 0 writes the run's files.
 """
@@ -39,7 +41,7 @@ from lagcl_jax import sampler as sampler_lib
 from lagcl_jax import workdir as workdir_lib
 from lagcl_jax.data_types import Dataset, Interactions
 
-_AXIS = "devices"
+AXIS = "devices"  # The pmap axis of the training devices.
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,9 +115,9 @@ def batch_nodes(batch: dict[str, Any], num_users: int) -> jax.Array:
                           batch["neg_items"].reshape(-1) + num_users])
 
 
-def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_groups: jax.Array,
-               item_groups: jax.Array, batch: dict[str, jax.Array], counts: dict[str, jax.Array],
-               *, config: config_lib.Config, num_users: int):
+def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple | graph_lib.RowBlocks,
+               user_groups: jax.Array, item_groups: jax.Array, batch: dict[str, jax.Array],
+               counts: dict[str, jax.Array], *, config: config_lib.Config, num_users: int):
   """One optimisation step on this device's slice of the batch (run under `pmap`).
 
   Args:
@@ -133,10 +135,10 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
   def contrast(anchors, candidates, node_groups, first, normaliser):
     """Group-weighted InfoNCE of this device's nodes (their two views' rows) against the whole
     batch's other view."""
-    candidates = jax.lax.all_gather(candidates, _AXIS, tiled=True)
-    candidate_groups = jax.lax.all_gather(node_groups, _AXIS, tiled=True)
-    candidate_valid = jax.lax.all_gather(first, _AXIS, tiled=True) > 0
-    positive_index = jax.lax.axis_index(_AXIS) * anchors.shape[0] + jnp.arange(anchors.shape[0])
+    candidates = jax.lax.all_gather(candidates, AXIS, tiled=True)
+    candidate_groups = jax.lax.all_gather(node_groups, AXIS, tiled=True)
+    candidate_valid = jax.lax.all_gather(first, AXIS, tiled=True) > 0
+    positive_index = jax.lax.axis_index(AXIS) * anchors.shape[0] + jnp.arange(anchors.shape[0])
     if not config.groups_in_infonce:  # Plain InfoNCE: one temperature, no hard negatives.
       node_groups = positive_index
       candidate_groups = jnp.arange(candidates.shape[0])
@@ -186,8 +188,8 @@ def train_step(state: train_state.TrainState, graph: jraph.GraphsTuple, user_gro
     return sum(terms.values()), terms
 
   grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, _AXIS)
-  terms = jax.lax.psum(terms, _AXIS)
+  grads = jax.lax.psum(grads, AXIS)
+  terms = jax.lax.psum(terms, AXIS)
   terms["loss"] = sum(terms.values())
   return state.apply_gradients(grads=grads), terms
 
@@ -269,26 +271,51 @@ def batch_sampler(setup: Setup) -> sampler_lib.BatchSampler:
       config.hard_negatives_from_dislikes, config.batch_size, config.seed)
 
 
+def shards_propagation(config: config_lib.Config, devices: list[Any]) -> bool:
+  """Whether training on `devices` splits the propagation's rows over them."""
+  return config.shard_propagation and len(devices) > 1
+
+
+def training_graph(setup: Setup, devices: list[Any]):
+  """The graph argument of `pmap_train_step`'s step, on this process's devices: the whole graph
+  (replicated), or when `shards_propagation` its row blocks (`graph.split_rows`), one each."""
+  if not shards_propagation(setup.config, devices):
+    return jax.device_put(setup.graph)
+  blocks = graph_lib.split_rows(setup.graph, len(devices), AXIS)
+  return place_local(local_rows(blocks, devices), devices)
+
+
+def graph_in_axis(config: config_lib.Config, devices: list[Any]) -> Optional[int]:
+  """The `pmap` in_axes entry of `training_graph`: 0 (a block per device) or None (replicated)."""
+  return 0 if shards_propagation(config, devices) else None
+
+
 def pmap_train_step(setup: Setup, devices: list[Any]):
-  """`train_step` mapped over `devices`: (replicated state, graph, user_groups, item_groups,
-  sharded batch, counts) -> (replicated state, terms); the state is donated."""
+  """`train_step` mapped over `devices`: (replicated state, `training_graph`, user_groups,
+  item_groups, sharded batch, counts) -> (replicated state, terms); the state is donated."""
   return jax.pmap(
       functools.partial(train_step, config=setup.config, num_users=setup.dataset.num_users),
-      axis_name=_AXIS, in_axes=(0, None, None, None, 0, 0), devices=devices, donate_argnums=(0,))
+      axis_name=AXIS, in_axes=(0, graph_in_axis(setup.config, devices), None, None, 0, 0),
+      devices=devices, donate_argnums=(0,))
 
 
 def pmap_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
   """Where `pmap` over `devices` places arrays with a leading device axis (its outputs)."""
-  mesh = jax.sharding.Mesh(np.array(devices), (_AXIS,))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_AXIS))
+  mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def place_local(tree, devices: list[Any]):
+  """A pytree of [this process's devices of `devices`, ...] arrays, each row on its device and
+  placed as `pmap` places its outputs, so that the step compiles once (not again at the second
+  step, when its input is its own output)."""
+  return jax.device_put(tree, pmap_sharding([device for device in devices if is_local(device)]))
 
 
 def replicate(tree, devices: list[Any]):
-  """`tree` copied to this process's devices of `devices` and placed as `pmap` places its outputs
-  (over the local devices), so that the step compiles once (not again at the second step, when its
-  input is its own output)."""
-  devices = [device for device in devices if is_local(device)]
-  return jax.device_put(flax.jax_utils.replicate(tree, devices), pmap_sharding(devices))
+  """`tree` copied to this process's devices of `devices` (`place_local`)."""
+  local = [device for device in devices if is_local(device)]
+  return place_local(flax.jax_utils.replicate(tree, local), devices)
 
 
 def unreplicate(tree):
@@ -302,7 +329,8 @@ def _fit(setup: Setup, workdir: str) -> dict:
   config, dataset = setup.config, setup.dataset
   devices = training_devices(config)
   num_devices = len(devices)
-  logging.info("Training on %d devices (%d processes).", num_devices, jax.process_count())
+  logging.info("Training on %d devices (%d processes)%s.", num_devices, jax.process_count(),
+               ", propagation sharded" if shards_propagation(config, devices) else "")
   sampler = batch_sampler(setup)
   p_train_step = pmap_train_step(setup, devices)
   checkpoints = checkpointing.RunCheckpoints(os.path.join(workdir, "checkpoints"))
@@ -322,7 +350,7 @@ def _fit(setup: Setup, workdir: str) -> dict:
     checkpoints.close()
     return progress
   replicated = replicate(state, devices)
-  graph = jax.device_put(setup.graph)
+  graph = training_graph(setup, devices)
   user_groups, item_groups = jnp.asarray(setup.user_groups), jnp.asarray(setup.item_groups)
 
   def check_finite(epoch, losses, state=None):

@@ -119,7 +119,14 @@ def test_tiny_benchmark_run_has_every_figure(tmp_path):
                                   "group_overhead_at_most_10pct"}
   devices = result["devices"]
   assert "error" not in devices, devices.get("error")
-  assert devices["max_param_difference"] < 1e-5  # 1 and 2 devices: the same update.
-  assert "rows_per_second" in devices["1_device"] and "rows_per_second" in devices["2_devices"]
+  assert devices["max_param_difference"] < 1e-5  # 1, 2 and 4 devices: the same update.
+  for name in ("1_device", "2_devices", "4_devices"):
+    entry = devices[name]
+    assert entry["rows_per_second"] > 0 and entry["propagation_fwd_bwd"]["seconds"] > 0, name
+    assert entry["propagation_fwd_bwd"]["cpu_seconds"] > 0, name
+    assert entry["sharded_propagation"] == (name != "1_device")  # --shard_propagation's default.
+    if name != "1_device":
+      assert entry["speedup"] > 0 and entry["propagation_speedup"] > 0, name
+      assert entry["max_param_difference"] < 1e-5, name
   table = benchmark.format_table(result)
-  assert "limit_ratio" in table and "1 vs 2 devices" in table
+  assert "limit_ratio" in table and "propagation fwd+bwd" in table and "4 (sharded)" in table

@@ -88,7 +88,7 @@ def test_two_processes_match_two_devices_in_one_process(tmp_path):
     failed = next(r for r in results if r.returncode)
     pytest.fail(f"a training process failed (rc {failed.returncode}):\n{failed.stderr[-4000:]}")
   for result in results:  # Not each process training the whole batch on its own.
-    assert "Training on 2 devices (2 processes)." in result.stderr
+    assert "Training on 2 devices (2 processes), propagation sharded." in result.stderr
   run_python(args + [f"--workdir={single}"],
              {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "NPROC": "16"})
 

@@ -414,29 +414,38 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(paths, tmp_path, m
 
 # --- Multi-device. --------------------------------------------------------------------------------
 
-# Each loss (plain and group InfoNCE) and each kernel once.
-MULTI_DEVICE_CASES = (("none", "segment_sum"), ("files", "scipy"))
+# (groups, kernel, --shard_propagation): each loss (plain and group InfoNCE) and each kernel
+# sharded, and the whole graph propagated on every device.
+MULTI_DEVICE_CASES = (("none", "segment_sum", True), ("files", "scipy", True),
+                      ("files", "scipy", False))
 
 
 def compare_device_counts(directory: str) -> dict:
-  """Trains each case on 1 and on 2 devices; returns the max |param difference| per case."""
+  """Trains each case on 2 devices and on 1 (once per groups and kernel); returns the max |param
+  difference| per case, and whether the 2-device run sharded the propagation."""
   os.makedirs(directory, exist_ok=True)
   paths = synthetic.write_paper_files(directory)
   results = {"local_devices": jax.local_device_count()}
-  for groups, kernel in MULTI_DEVICE_CASES:
+  max_diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  runs = {}  # The params of each run, by name: a 1-device run serves two cases.
+  for groups, kernel, shard in MULTI_DEVICE_CASES:
     params = {}
     for num_devices in (1, 2):
       config = synthetic.tiny_config(paths, groups=groups == "files", num_epochs=1,
-                                     propagation_kernel=kernel, num_devices=num_devices)
-      workdir = os.path.join(directory, f"{groups}-{kernel}-{num_devices}")
-      train.train_and_evaluate(config, workdir)
-      params[num_devices] = restore(config, workdir)[0]
+                                     propagation_kernel=kernel, num_devices=num_devices,
+                                     shard_propagation=shard)
+      name = f"{groups}-{kernel}" + (f"-{shard}" if num_devices > 1 else "")
+      if name not in runs:
+        workdir = os.path.join(directory, f"{name}-{num_devices}")
+        train.train_and_evaluate(config, workdir)
+        runs[name] = restore(config, workdir)[0]
+      params[num_devices] = runs[name]
     setup = train.create_model(config, data_lib.load_dataset(config))
     initial = train.create_train_state(setup).params
-    max_diff = lambda a, b: max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-                                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    results[f"{groups}/{kernel}"] = {"difference": max_diff(params[1], params[2]),
-                                     "moved": max_diff(params[1], initial)}
+    results[f"{groups}/{kernel}/{'sharded' if shard else 'whole'}"] = {
+        "difference": max_diff(params[1], params[2]), "moved": max_diff(params[1], initial),
+        "sharded": train.shards_propagation(config, train.training_devices(config))}
   return results
 
 
@@ -460,8 +469,10 @@ def test_two_devices_match_one_device(tmp_path):
                       cache_dir=tmp_path / "cache")
   results = json.loads(stdout.strip().splitlines()[-1])
   assert results.pop("local_devices") == 2
-  assert set(results) == {f"{g}/{k}" for g, k in MULTI_DEVICE_CASES}
+  assert set(results) == {f"{g}/{k}/{'sharded' if s else 'whole'}"
+                          for g, k, s in MULTI_DEVICE_CASES}
   for case, result in results.items():
+    assert result["sharded"] == case.endswith("/sharded"), case
     assert result["moved"] > 1e-3, case  # Training did change the parameters.
     assert result["difference"] < 1e-5, case
 
