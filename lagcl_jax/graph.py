@@ -93,14 +93,20 @@ class RowBlocks:
 
   @property
   def block_size(self) -> int:
-    return -(-self.num_nodes // self.num_blocks)
+    return block_size(self.num_nodes, self.num_blocks)
+
+
+def block_size(num_nodes: int, num_blocks: int) -> int:
+  """Rows per block when `num_nodes` rows are cut into `num_blocks` equal blocks (the last one
+  padded with empty rows)."""
+  return -(-num_nodes // num_blocks)
 
 
 def split_rows(graph: jraph.GraphsTuple, num_blocks: int, axis_name: str) -> RowBlocks:
   """The rows of `graph`'s adjacency split into `num_blocks` blocks for the devices of the pmap
   axis `axis_name` (see `RowBlocks`)."""
   n = num_nodes(graph)
-  size = -(-n // num_blocks)
+  size = block_size(n, num_blocks)
   receivers = np.asarray(graph.receivers)
   order = np.argsort(receivers, kind="stable")  # Already sorted when made by build_graph.
   receivers = receivers[order]
@@ -266,7 +272,7 @@ def csr_block_products(adjacency: sp.csr_matrix, num_blocks: int, num_threads: i
   `(x, block) -> adjacency[block's rows] @ x` ([rows, d]) and
   `(g, block) -> adjacency[block's rows].T @ g` ([N, d]), each over `num_threads` threads."""
   n = adjacency.shape[0]
-  size = -(-n // num_blocks)
+  size = block_size(n, num_blocks)
   indptr = np.concatenate([adjacency.indptr,
                            np.full(size * num_blocks - n, adjacency.indptr[-1])])
   padded = sp.csr_matrix((adjacency.data, adjacency.indices, indptr),
@@ -317,7 +323,7 @@ def _scipy_propagation(graph: jraph.GraphsTuple, num_threads: int) -> Propagatio
   def block_propagation(num_blocks):
     """`propagate_block(x, block index)` for `num_blocks` row blocks; the cores are shared
     between the devices' concurrent calls."""
-    size = -(-built_for[0] // num_blocks)
+    size = block_size(built_for[0], num_blocks)
     block_product, block_transpose_product = csr_block_products(
         adjacency, num_blocks, max(1, num_threads // num_blocks))
 
