@@ -162,6 +162,30 @@ def test_plan_and_shard_cover_every_run_once_in_a_fixed_order(tmp_path):
     experiments.shard(runs, 2, 2)
 
 
+def test_effective_flags_expand_flagfiles_and_keep_each_flags_last_value(tmp_path):
+  inner = tmp_path / "inner.cfg"
+  inner.write_text("# a comment\n--tau=0.2\n\n--eps=0.1\n")
+  outer = tmp_path / "outer.cfg"
+  outer.write_text(f"--flagfile={inner}\n--eps=0.5\n--nomask\n")
+  flags = experiments.effective_flags([f"--flagfile={outer}", "--tau=0.3", "--workdir=/x"])
+  assert flags == (("--eps", "0.5"), ("--nomask", None), ("--tau", "0.3"))
+  assert flags == experiments.effective_flags(["--tau=0.3", "--nomask", "--eps=0.5"])
+  assert flags != experiments.effective_flags([f"--flagfile={outer}", "--tau=0.30"])
+
+
+def test_rows_that_set_the_same_values_share_one_run_with_the_first_rows_arguments(tmp_path):
+  model = tmp_path / "model.cfg"
+  model.write_text("--eps=0.1\n--cl_weight=0.1\n")
+  rows = [experiments.parse_row(f"plain: {model}"),
+          experiments.parse_row(f"spelled: {model} --eps=0.1 --cl_weight=0.1"),
+          experiments.parse_row(f"other: {model} --eps=0.5")]
+  runs = experiments.plan_runs(rows, [0, 1], str(tmp_path / "exp"))
+  assert [r.workdir for r in runs[2:4]] == [r.workdir for r in runs[0:2]]
+  assert [r.args for r in runs[2:4]] == [r.args for r in runs[0:2]]
+  assert runs[4].workdir == str(tmp_path / "exp" / "other" / "seed_0")
+  assert experiments.changed_runs(runs) == []
+
+
 # --- Running: failures go on, finished runs are skipped, interrupted ones resume. ----------------
 
 
@@ -400,7 +424,7 @@ def test_finished_runs_of_other_experiments_are_reused(tmp_path, fake_train):
                               str(tmp_path / "old"))
   experiments.run_all(old[:3], fake_train, log=lambda _: None)  # b seed 1 never ran.
   reusable = experiments.finished_runs([str(tmp_path / "old")])
-  assert sorted(reusable.values()) == sorted(r.workdir for r in old[:3])
+  assert sorted(workdir for workdir, _ in reusable.values()) == sorted(r.workdir for r in old[:3])
   rows = [experiments.parse_row("renamed_b: --quality=0.2"),
           experiments.parse_row("new: --quality=0.3")]
   runs = experiments.plan_runs(rows, [0, 1], str(tmp_path / "new"), reusable=reusable)
@@ -411,6 +435,12 @@ def test_finished_runs_of_other_experiments_are_reused(tmp_path, fake_train):
   experiments.run_all(runs, fake_train, log=messages.append)
   assert calls(old[2]) == 1 and "finished before, skipped" in messages[0]
   assert experiments.finished_runs([str(tmp_path / "missing")]) == {}
+  # The same values spelled through a flagfile: the finished run, with its recorded arguments.
+  model = tmp_path / "b.cfg"
+  model.write_text("--quality=0.2\n")
+  spelled = experiments.plan_runs([experiments.parse_row(f"from_file: {model}")], [0],
+                                  str(tmp_path / "new2"), reusable=reusable)
+  assert spelled[0].workdir == old[2].workdir and spelled[0].args == old[2].args
 
 
 def test_check_rows_wants_known_llm_flags_for_reranked_rows(tmp_path):

@@ -21,9 +21,11 @@ to the runner: run (ROW, S) trains with `--seed=S --workdir=EXPERIMENT_DIR/ROW/s
 anything trains, the rows' flagfiles must exist and every flag name in the rows and in their
 flagfiles be launch/train.py's (`check_rows`); the values are checked by train.py itself.
 
-A row whose launch/train.py arguments equal an earlier row's shares its work directories (training
-is deterministic: it is trained once); `finished_runs` finds the finished runs of other experiment
-folders (`--reuse_runs_from`) that `plan_runs` uses instead of training the same arguments again.
+A row whose launch/train.py arguments give the same flag values as an earlier row's
+(`effective_flags`: flagfiles expanded, the last value of each flag) shares its work directories
+(training is deterministic: it is trained once), so `configs/x.cfg --eps=0.1` and `configs/x.cfg`
+whose file says `--eps=0.1` train once; `finished_runs` finds the finished runs of other
+experiment folders (`--reuse_runs_from`) that `plan_runs` uses instead of training them again.
 
 LLM outputs in rows: `{llm_dir}` in a row's arguments or in `--llm_flags` stands for the last
 `--llm_dir=` of `--llm_flags` (`resolve_llm_dir`), e.g. `--augment_file={llm_dir}/augment.txt`,
@@ -272,10 +274,37 @@ def _without_workdir(args: Sequence[str]) -> tuple[str, ...]:
   return tuple(arg for arg in args if not arg.startswith("--workdir="))
 
 
-def finished_runs(experiment_dirs: Sequence[str]) -> dict[tuple[str, ...], str]:
-  """{launch/train.py arguments but --workdir: work directory} of the finished runs in other
-  experiments' folders (EXPERIMENT_DIR/ROW/seed_S; a missing folder has none), for `plan_runs`
-  to reuse."""
+def _expanded(args: Sequence[str], seen: tuple[str, ...] = ()) -> list[str]:
+  """The arguments with each readable --flagfile replaced by its lines, in order (nested too)."""
+  out = []
+  for arg in args:
+    path = arg[len("--flagfile="):] if arg.startswith("--flagfile=") else None
+    if path is None or path in seen or not os.path.isfile(path):
+      out.append(arg)
+      continue
+    with open(path) as f:
+      lines = [line.strip() for line in f]
+    out += _expanded([line for line in lines if line and not line.startswith(("#", "//"))],
+                     seen + (path,))
+  return out
+
+
+def effective_flags(args: Sequence[str]) -> tuple[tuple[str, str], ...]:
+  """What launch/train.py arguments set, up to spelling: flagfiles expanded, each flag's last
+  `--name=value` kept, sorted by name; `--workdir` left out. A bare `--name` (a boolean) is kept
+  as written, so `--x` and `--x=true` count as different."""
+  values = {}
+  for arg in _expanded(_without_workdir(args)):
+    name, sep, value = arg.partition("=")
+    values[name] = value if sep else None
+  return tuple(sorted((name, value) for name, value in values.items()))
+
+
+def finished_runs(experiment_dirs: Sequence[str]
+                  ) -> dict[tuple[tuple[str, str], ...], tuple[str, tuple[str, ...]]]:
+  """{effective_flags of the arguments: (work directory, its recorded arguments without
+  --workdir)} of the finished runs in other experiments' folders (EXPERIMENT_DIR/ROW/seed_S; a
+  missing folder has none), for `plan_runs` to reuse."""
   found = {}
   for experiment_dir in experiment_dirs:
     for row in sorted(os.listdir(experiment_dir)) if os.path.isdir(experiment_dir) else []:
@@ -284,26 +313,26 @@ def finished_runs(experiment_dirs: Sequence[str]) -> dict[tuple[str, ...], str]:
         workdir = os.path.join(row_dir, seed_dir)
         args = recorded_args(workdir, RUN_FILE)
         if args is not None and os.path.isfile(os.path.join(workdir, FINAL_FILE)):
-          found.setdefault(_without_workdir(args), workdir)
+          found.setdefault(effective_flags(args), (workdir, _without_workdir(args)))
   return found
 
 
 def plan_runs(rows: Sequence[Row], seeds: Sequence[int], experiment_dir: str,
               run_flags: Sequence[str] = (), llm_flags: Sequence[str] = (),
-              reusable: Optional[dict[tuple[str, ...], str]] = None) -> list[Run]:
+              reusable: Optional[dict] = None) -> list[Run]:
   """Every (row, seed) run, rows in order, seeds in order within a row.
 
   A run trains in EXPERIMENT_DIR/ROW/seed_S, unless an earlier row trains with the same
-  arguments (then it shares that row's work directory: training is deterministic) or `reusable`
-  (see `finished_runs`) holds a finished run with them. A reranked row's rerank goes to its own
-  EXPERIMENT_DIR/ROW/seed_S.
+  effective flags (then it shares that row's work directory and arguments: training is
+  deterministic) or `reusable` (see `finished_runs`) holds a finished run with them. A reranked
+  row's rerank goes to its own EXPERIMENT_DIR/ROW/seed_S.
   """
-  runs, workdirs = [], dict(reusable or {})
+  runs, trainings = [], dict(reusable or {})
   for row in rows:
     for seed in seeds:
       own = os.path.join(experiment_dir, row.name, f"seed_{seed}")
       train_args = (*row.args, *run_flags, f"--seed={seed}")
-      workdir = workdirs.setdefault(train_args, own)
+      workdir, train_args = trainings.setdefault(effective_flags(train_args), (own, train_args))
       rerank_args = (("--stage=rerank", *llm_flags, f"--backbone_workdir={workdir}",
                       f"--rerank_dir={own}") if row.rerank else ())
       runs.append(Run(row.name, seed, workdir, (*train_args, f"--workdir={workdir}"),
