@@ -219,6 +219,12 @@ def test_changed_row_is_refused_for_started_runs(tmp_path, fake_train):
   changed = experiments.plan_runs([experiments.parse_row("a: --quality=0.2")], [0], str(tmp_path))
   [message] = experiments.changed_runs(changed)
   assert "--quality=0.1" in message and "--quality=0.2" in message
+  # The same values spelled otherwise (a later value wins; a flagfile setting it) are no change.
+  flagfile = tmp_path / "quality.cfg"
+  flagfile.write_text("# the row's setting\n--quality=0.1\n")
+  for respelled in ("a: --quality=0.2 --quality=0.1", f"a: --flagfile={flagfile}"):
+    runs = experiments.plan_runs([experiments.parse_row(respelled)], [0], str(tmp_path))
+    assert experiments.changed_runs(runs) == [], respelled
 
 
 # --- Reranked rows: trained once with their twin, reranked once, reported from the rerank. -------

@@ -393,13 +393,14 @@ def recorded_args(folder: str, record_file: str = RUN_FILE) -> Optional[list[str
 
 
 def changed_runs(runs: Sequence[Run]) -> list[str]:
-  """Messages for the runs and reranks started with other arguments than their row now gives."""
+  """Messages for the runs and reranks started with arguments that set other values
+  (`effective_flags`) than their row now gives; a respelling of the same values is no change."""
   steps = [(run.workdir, RUN_FILE, run.args) for run in runs]
   steps += [(run.rerank_dir, RERANK_RUN_FILE, run.rerank_args) for run in runs if run.rerank_dir]
   messages = []
   for folder, record_file, args in dict.fromkeys(steps):
     recorded = recorded_args(folder, record_file)
-    if recorded is not None and recorded != list(args):
+    if recorded is not None and effective_flags(recorded) != effective_flags(args):
       messages.append(f"{folder}: started with {shlex.join(recorded)}, the config now gives "
                       f"{shlex.join(args)}; restore the row, or remove the folder or use "
                       "another --experiment_dir to rerun it")
