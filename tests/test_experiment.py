@@ -498,6 +498,16 @@ def test_single_seed_has_no_std(tmp_path, fake_train):
   assert results["significance"] == {}
 
 
+def test_run_without_epochs_has_no_best_epoch(tmp_path, fake_train):
+  """A model that trains nothing (MostPop: no metrics.jsonl) reports no best epoch, not 0."""
+  rows, runs = finished_experiment(tmp_path, fake_train, seeds=(0,))
+  os.remove(os.path.join(runs[0].workdir, "metrics.jsonl"))
+  record = experiments.run_record(runs[0])
+  assert "best_epoch" not in record and "epochs" not in record
+  assert record["test/ndcg@20"] > 0
+  assert experiments.run_record(runs[1])["best_epoch"] == 2
+
+
 def test_significance_pairs_users_by_id_over_seed_means(tmp_path, fake_train):
   rows, runs = finished_experiment(tmp_path, fake_train)
   results = experiments.collect(rows, runs, ["base", "same"], ["ndcg@20", "recall@20"])

@@ -531,13 +531,17 @@ def run_record(run: Run) -> dict[str, float]:
             if (k.startswith(("valid/", "test/")) or k == "best_epoch")
             and isinstance(v, (int, float)) and not isinstance(v, bool)}
   history_path = os.path.join(run.workdir, "metrics.jsonl")
+  history = []
   if os.path.isfile(history_path):
     with open(history_path) as f:
       history = [json.loads(line) for line in f if line.strip()]
-    seconds = [r["train/seconds"] for r in history if "train/seconds" in r]
-    record["epochs"] = float(len(history))
-    if seconds:  # The median: the first epoch's time includes compilation.
-      record["seconds_per_epoch"] = float(np.median(seconds))
+  if not history:  # Nothing trained (MostPop): no epochs, so no best epoch either.
+    record.pop("best_epoch", None)
+    return record
+  seconds = [r["train/seconds"] for r in history if "train/seconds" in r]
+  record["epochs"] = float(len(history))
+  if seconds:  # The median: the first epoch's time includes compilation.
+    record["seconds_per_epoch"] = float(np.median(seconds))
   return record
 
 
