@@ -290,9 +290,9 @@ def _expanded(args: Sequence[str], seen: tuple[str, ...] = ()) -> list[str]:
 
 
 def effective_flags(args: Sequence[str]) -> tuple[tuple[str, str], ...]:
-  """What arguments (launch/train.py's, or a rerank's launch/llm.py's) set, up to spelling: flagfiles expanded, each flag's last
-  `--name=value` kept, sorted by name; `--workdir` left out. A bare `--name` (a boolean) is kept
-  as written, so `--x` and `--x=true` count as different."""
+  """What arguments (launch/train.py's, or a rerank's launch/llm.py's) set, up to spelling:
+  flagfiles expanded, each flag's last `--name=value` kept, sorted by name; `--workdir` left out.
+  A bare `--name` (a boolean) is kept as written, so `--x` and `--x=true` count as different."""
   values = {}
   for arg in _expanded(_without_workdir(args)):
     name, sep, value = arg.partition("=")
