@@ -3,16 +3,21 @@ r"""Benchmarks training and evaluation speed and memory; writes JSON and prints 
   python launch/benchmark.py --flagfile=configs/ml1m_lagcl.cfg --output=bench.json
   python launch/benchmark.py --flagfile=configs/ml1m_lagcl.cfg --output=bench.json --scale
 
-See lagcl_jax/benchmark.py for what each figure means; every `benchmark.Options` field is a flag.
+See tools/benchmark.py for what each figure means; every `benchmark.Options` field is a flag.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from lagcl_jax import benchmark
 from lagcl_jax import flags as config_flags
 from lagcl_jax import reporting
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import benchmark  # pylint: disable=g-import-not-at-top
 
 config_flags.define_flags(benchmark.Options)
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON result.", required=True)

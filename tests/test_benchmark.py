@@ -1,13 +1,13 @@
-"""Tests for lagcl_jax.benchmark: the synthetic generator, the measurements and a tiny run."""
+"""Tests for tools/benchmark.py: the synthetic generator, the measurements and a tiny run."""
 
 import json
 
 import numpy as np
 import pytest
 
-from lagcl_jax import benchmark
 from lagcl_jax.config import Config
 from tests import synthetic
+from tools import benchmark
 
 
 def test_power_law_interactions_are_exact_distinct_and_in_range():

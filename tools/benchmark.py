@@ -497,7 +497,7 @@ def run_part(part: str, config: config_lib.Config, options: Options,
     files.atomic_write_text(request, json.dumps({
         "part": part, "config": dataclasses.asdict(config),
         "options": dataclasses.asdict(options), "output": output}))
-    code = f"from lagcl_jax import benchmark; benchmark.part_main({request!r})"
+    code = f"from tools import benchmark; benchmark.part_main({request!r})"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.getcwd(),
                           capture_output=True, text=True, timeout=options.timeout_s, check=False)
     if done.returncode != 0 or not os.path.exists(output):
