@@ -36,6 +36,29 @@ def _unit_rows(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
 
 
+@jax.custom_vjp
+def similarity(a: jax.Array, c: jax.Array) -> jax.Array:
+  """`a @ c.T` ([n, d], [m, d] -> [n, m]) with the same gradients, computed faster on CPU.
+
+  The gradient for c is `g.T @ a`, a product contracting g's rows. XLA's CPU backend runs that
+  form about 2.5x slower than `a.T @ g` (1024 x 1024 by 64: 2.5 vs 1.0 ms), and it folds a
+  plain transpose of `a.T @ g` back into it; the optimisation barrier keeps the fast form.
+  """
+  return a @ c.T
+
+
+def _similarity_fwd(a, c):
+  return a @ c.T, (a, c)
+
+
+def _similarity_bwd(residuals, g):
+  a, c = residuals
+  return g @ c, jax.lax.optimization_barrier(a.T @ g).T
+
+
+similarity.defvjp(_similarity_fwd, _similarity_bwd)
+
+
 def group_infonce(anchors: jax.Array, candidates: jax.Array, positive_index: jax.Array,
                   anchor_groups: jax.Array, candidate_groups: jax.Array,
                   anchor_weights: jax.Array, candidate_valid: jax.Array, normaliser: jax.Array,
@@ -65,7 +88,7 @@ def group_infonce(anchors: jax.Array, candidates: jax.Array, positive_index: jax
     Σ_i anchor_weight_i * loss_i / normaliser.
   """
   a, c = _unit_rows(anchors), _unit_rows(candidates)
-  sim = a @ c.T
+  sim = similarity(a, c)
   is_positive = positive_index[:, None] == jnp.arange(c.shape[0])[None, :]
   same_group = anchor_groups[:, None] == candidate_groups[None, :]
   negative = candidate_valid[None, :] & ~is_positive

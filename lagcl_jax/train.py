@@ -324,6 +324,30 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
 
 
+class StepSums:
+  """Running sums of per-step numbers (the steps' loss terms, the sampler's fallback rates),
+  added on the host in step order in float64. Device values are read only when the sums are,
+  so the training loop never waits for a step to finish."""
+
+  def __init__(self, initial: Optional[dict[str, float]] = None):
+    self._sums = dict(initial or {})
+    self._pending = []
+
+  def add(self, values: dict[str, Any]) -> None:
+    """Adds one step's values: floats, or replicated [devices] arrays (one device's is read)."""
+    self._pending.append(values)
+
+  def totals(self) -> dict[str, float]:
+    """The sums so far."""
+    for values in self._pending:
+      for name, value in values.items():
+        if isinstance(value, jax.Array):
+          value = np.asarray(value.addressable_data(0)).reshape(-1)[0]
+        self._sums[name] = self._sums.get(name, 0.0) + float(value)
+    self._pending = []
+    return dict(self._sums)
+
+
 def _fit(setup: Setup, workdir: str) -> dict:
   """The training loop with validation, checkpoints and early stopping; returns the progress."""
   config, dataset = setup.config, setup.dataset
@@ -374,7 +398,7 @@ def _fit(setup: Setup, workdir: str) -> dict:
   # --- Epochs. ---------------------------------------------------------------------------------
   while progress["epoch"] < config.num_epochs:
     epoch = progress["epoch"]
-    sums = {k: jnp.asarray(v) for k, v in progress["partial_sums"].items()}
+    sums = StepSums(progress["partial_sums"])
     start = time.time()
     bar = reporting.progress_bar(sampler.num_batches, f"epoch {epoch + 1}/{config.num_epochs}",
                                  initial=progress["step_in_epoch"], unit="step")
@@ -385,19 +409,17 @@ def _fit(setup: Setup, workdir: str) -> dict:
         arrays, counts = local_rows(shard_batch(batch, num_devices), devices)
         replicated, terms = p_train_step(replicated, graph, user_groups, item_groups, arrays,
                                          counts)
-        for name, value in terms.items():
-          sums[name] = sums.get(name, 0.0) + value[0]
-        for kind, count in batch.fallbacks.items():  # Per epoch: the rate per row.
-          name = f"{kind}_negative_fallback_rate"
-          sums[name] = sums.get(name, 0.0) + count / config.batch_size
+        sums.add(terms)
+        sums.add({f"{kind}_negative_fallback_rate": count / config.batch_size  # Rate per row.
+                  for kind, count in batch.fallbacks.items()})
         bar.update(1)
         if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 \
             and step + 1 < sampler.num_batches:
           progress.update(step_in_epoch=step + 1, global_step=int(replicated.step[0]),
-                          partial_sums={k: float(v) for k, v in sums.items()})
+                          partial_sums=sums.totals())
           save("latest", progress)
     bar.close()
-    means = {f"train/{k}": float(v) / sampler.num_batches for k, v in sums.items()}
+    means = {f"train/{k}": v / sampler.num_batches for k, v in sums.totals().items()}
     check_finite(epoch, means)
     record = {"epoch": epoch + 1, **means, "train/seconds": time.time() - start}
     params = unreplicate(replicated).params

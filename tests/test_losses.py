@@ -133,22 +133,35 @@ def test_group_infonce_large_inputs_finite_with_finite_gradients(scale):
     assert np.all(np.isfinite(np.asarray(grad)))
 
 
-def test_group_infonce_gradients_match_finite_differences():
+@pytest.mark.parametrize("argument", ["anchors", "candidates"])
+def test_group_infonce_gradients_match_finite_differences(argument):
   inputs = infonce_inputs(np.random.default_rng(4), n=5, m=7, num_groups=2,
                           invalid_fraction=0.3)
   arrays = {k: jnp.asarray(v) for k, v in inputs.items()}
-  grad = jax.jit(jax.grad(lambda a: group_infonce(**{**arrays, "anchors": a}, **TEMPERATURES)))(
-      arrays["anchors"])
+  grad = jax.jit(jax.grad(lambda x: group_infonce(**{**arrays, argument: x}, **TEMPERATURES)))(
+      arrays[argument])
   assert np.all(np.isfinite(np.asarray(grad)))
   step = 1e-4
   for i, d in [(0, 0), (2, 3), (4, 5), (1, 1)]:
-    plus, minus = inputs["anchors"].astype(np.float64), inputs["anchors"].astype(np.float64)
+    plus, minus = inputs[argument].astype(np.float64), inputs[argument].astype(np.float64)
     plus[i, d] += step
     minus[i, d] -= step
-    numeric = (reference_group_infonce(**{**inputs, "anchors": plus}, **TEMPERATURES)
-               - reference_group_infonce(**{**inputs, "anchors": minus}, **TEMPERATURES))
+    numeric = (reference_group_infonce(**{**inputs, argument: plus}, **TEMPERATURES)
+               - reference_group_infonce(**{**inputs, argument: minus}, **TEMPERATURES))
     numeric /= 2 * step
     np.testing.assert_allclose(float(grad[i, d]), numeric, rtol=1e-3, atol=1e-5)
+
+
+def test_similarity_gradients_equal_plain_product():
+  """The custom backward of `similarity` gives the gradients of `a @ c.T`."""
+  rng = np.random.default_rng(6)
+  a, c, g = (jnp.asarray(rng.normal(size=shape), jnp.float32)
+             for shape in [(9, 4), (11, 4), (9, 11)])
+  np.testing.assert_array_equal(np.asarray(losses.similarity(a, c)), np.asarray(a @ c.T))
+  got = jax.vjp(losses.similarity, a, c)[1](g)
+  want = jax.vjp(lambda a, c: a @ c.T, a, c)[1](g)
+  for got_grad, want_grad in zip(got, want):
+    np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), rtol=1e-6, atol=1e-6)
 
 
 def test_group_infonce_gradients_finite_for_padded_rows():

@@ -217,12 +217,12 @@ class EpochTimer:
     if not 0 < steps <= self.sampler.num_batches:
       raise ValueError(f"steps={steps}: an epoch has {self.sampler.num_batches} steps")
     start, start_cpu = time.perf_counter(), time.process_time()
-    sums = {}
+    sums = train.StepSums()
     with contextlib.closing(sampler_lib.prefetch(self.sampler.epoch(epoch))) as batches:
       for _, batch in zip(range(steps), batches):
-        for name, value in self.step(*train.shard_batch(batch, len(self.devices))).items():
-          sums[name] = sums.get(name, 0.0) + value[0]
-    jax.block_until_ready((self.state, sums))
+        sums.add(self.step(*train.shard_batch(batch, len(self.devices))))
+    jax.block_until_ready(self.state)
+    sums.totals()
     return {"seconds": (time.perf_counter() - start) / steps,
             "cpu_seconds": (time.process_time() - start_cpu) / steps}
 
