@@ -128,7 +128,7 @@ class Config:
       2.0, "w_hard for both the BPR hard negative and InfoNCE hard negatives")
   hard_negatives_from_dislikes: bool = setting(
       False, "draw BPR hard negatives from the user's -1 items")
-  propagation_kernel: str = setting("auto", "auto | segment_sum | scipy")
+  propagation_kernel: str = setting("auto", "auto | segment_sum | bcoo | scipy")
 
   # --- Training -----------------------------------------------------------------------------
   seed: int = setting(0, "seed of initialisation, noise and negative sampling")
@@ -223,8 +223,8 @@ def validate(config: Config) -> None:
   _check(c.graph_edges in ("positive", "all"), "graph_edges", c.graph_edges, "positive or all")
   _check(c.groups in ("none", "files", "metadata"), "groups", c.groups,
          "none, files or metadata")
-  _check(c.propagation_kernel in ("auto", "segment_sum", "scipy"), "propagation_kernel",
-         c.propagation_kernel, "auto, segment_sum or scipy")
+  _check(c.propagation_kernel in ("auto", "segment_sum", "bcoo", "scipy"), "propagation_kernel",
+         c.propagation_kernel, "auto, segment_sum, bcoo or scipy")
   _check(c.embedding_dim > 0, "embedding_dim", c.embedding_dim, "> 0")
   _check(c.num_layers >= 1, "num_layers", c.num_layers, ">= 1")
   _check(c.model != "xsimgcl" or c.cl_weight == 0 or 1 <= c.cl_layer <= c.num_layers, "cl_layer", c.cl_layer,

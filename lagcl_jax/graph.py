@@ -10,14 +10,18 @@ nodes only, so only their rows are computed where the kernel can).
 
 Sharded over devices (under `pmap`), `graph` is one device's `RowBlocks` (`split_rows`): the
 device multiplies its block of rows, `A[block] x`, and the blocks are all-gathered into `A x`
-(`rows` are then taken from it: no rows-only product when sharded). Both kernels do this (the
+(`rows` are then taken from it: no rows-only product when sharded). Every kernel does this (the
 scipy kernel multiplies the block's CSR slice, and its transpose backward); the gradient of the
 gather sums every device's cotangent of the block, so the gradients summed over the devices are
 the whole graph's.
 
-Kernels (one flag, `propagation_kernel`, each checked equal to `segment_sum` in tests):
+Kernels (one flag, `propagation_kernel`, each checked against a dense product in tests):
 - `segment_sum`: jraph-style message passing (gather senders, segment-sum onto receivers). Portable,
-  stays inside XLA; the right choice on GPU/TPU. `rows` are gathered from the whole product.
+  stays inside XLA; `auto`'s choice on GPU/TPU. `rows` are gathered from the whole product.
+- `bcoo`: the adjacency as a `jax.experimental.sparse.BCOO` matrix times x. On GPU it lowers to
+  cuSPARSE's COO SpMM (this kernel turns on `jax_bcoo_cusparse_lowering`); elsewhere to XLA's
+  generic sparse product. The whole graph is symmetric, so its backward is the same product (no
+  transposed SpMM). `rows` are gathered from the whole product.
 - `scipy`: SciPy CSR sparse-dense product through `jax.pure_callback`, several times faster on CPU.
   The adjacency is symmetric, so the backward pass is the same product. The rows are cut into one
   block of about equal non-zeros per available core, multiplied on a thread each (SciPy's sparse
@@ -34,6 +38,7 @@ from typing import Callable, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.experimental import sparse as jsparse
 import jraph
 import numpy as np
 import scipy.sparse as sp
@@ -114,8 +119,9 @@ def split_rows(graph: jraph.GraphsTuple, num_blocks: int, axis_name: str) -> Row
   bounds = np.searchsorted(receivers, np.arange(num_blocks + 1) * size)
   counts = np.diff(bounds)
   width = max(int(counts.max()), 1)
-  block_senders = np.zeros((num_blocks, width), np.int32)
-  block_receivers = np.full((num_blocks, width), size - 1, np.int32)  # Padding: stays sorted.
+  # Padding edges (last row, last column, weight 0) keep each block sorted by (row, column).
+  block_senders = np.full((num_blocks, width), n - 1, np.int32)
+  block_receivers = np.full((num_blocks, width), size - 1, np.int32)
   block_weights = np.zeros((num_blocks, width), np.float32)
   for block, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
     block_senders[block, :stop - start] = senders[start:stop]
@@ -149,6 +155,43 @@ def propagate_segment_sum(graph: jraph.GraphsTuple | RowBlocks, x: jax.Array,
   if isinstance(graph, RowBlocks):
     return gather_blocks(graph, _message_passing(graph.graph, x, graph.block_size), rows)
   result = _message_passing(graph, x, x.shape[0])
+  return result if rows is None else result[rows]
+
+
+def _bcoo_matrix(graph: jraph.GraphsTuple, num_rows: int, num_cols: int,
+                 dtype) -> jsparse.BCOO:
+  """The adjacency rows held by `graph` (receivers in [0, num_rows)) as a [num_rows, num_cols]
+  BCOO matrix; the edges are sorted by (receiver, sender), as cuSPARSE needs."""
+  indices = jnp.stack([graph.receivers, graph.senders], axis=1)
+  return jsparse.BCOO((graph.edges.astype(dtype), indices), shape=(num_rows, num_cols),
+                      indices_sorted=True)
+
+
+@jax.custom_vjp
+def _symmetric_bcoo_product(graph: jraph.GraphsTuple, x: jax.Array) -> jax.Array:
+  """`A x` for the whole (symmetric) adjacency; its VJP is `A g`."""
+  return _bcoo_matrix(graph, x.shape[0], x.shape[0], x.dtype) @ x
+
+
+def _symmetric_bcoo_product_fwd(graph, x):
+  return _symmetric_bcoo_product(graph, x), graph
+
+
+def _symmetric_bcoo_product_bwd(graph, g):
+  return jax.tree.map(jnp.zeros_like, graph), _symmetric_bcoo_product(graph, g)
+
+
+_symmetric_bcoo_product.defvjp(_symmetric_bcoo_product_fwd, _symmetric_bcoo_product_bwd)
+
+
+def propagate_bcoo(graph: jraph.GraphsTuple | RowBlocks, x: jax.Array,
+                   rows: Optional[jax.Array] = None) -> jax.Array:
+  """One normalised propagation step as a BCOO sparse-dense product (`rows`: only those rows of
+  the result), or this device's `RowBlocks` block of it, gathered."""
+  if isinstance(graph, RowBlocks):
+    block = _bcoo_matrix(graph.graph, graph.block_size, x.shape[0], x.dtype) @ x
+    return gather_blocks(graph, block, rows)
+  result = _symmetric_bcoo_product(graph, x)
   return result if rows is None else result[rows]
 
 
@@ -385,6 +428,9 @@ def make_propagation(kernel: str, graph: jraph.GraphsTuple) -> Propagation:
     kernel = "scipy" if use_scipy else "segment_sum"
   if kernel == "segment_sum":
     return propagate_segment_sum
+  if kernel == "bcoo":
+    jax.config.update("jax_bcoo_cusparse_lowering", True)  # Only read when lowering for GPU.
+    return propagate_bcoo
   if kernel == "scipy":
     if host_callbacks_can_deadlock():
       raise ValueError(
@@ -393,4 +439,4 @@ def make_propagation(kernel: str, graph: jraph.GraphsTuple) -> Propagation:
           f"NPROC={_threads_needed(jax.local_device_count())} in the "
           "environment, or use --propagation_kernel=segment_sum.")
     return _scipy_propagation(graph, available_cores())
-  raise ValueError(f"--propagation_kernel={kernel!r}: expected auto, segment_sum or scipy")
+  raise ValueError(f"--propagation_kernel={kernel!r}: expected auto, segment_sum, bcoo or scipy")

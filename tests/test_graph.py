@@ -47,7 +47,7 @@ def test_build_graph_normalisation_matches_dense(graph_and_dense):
   assert dense[NUM_USERS - 1].sum() == 0 and dense[-1].sum() == 0  # Isolated nodes.
 
 
-@pytest.mark.parametrize("kernel", ["segment_sum", "scipy"])
+@pytest.mark.parametrize("kernel", ["segment_sum", "bcoo", "scipy"])
 def test_propagation_values_and_gradients_match_dense(graph_and_dense, kernel):
   graph, dense = graph_and_dense
   propagate = graph_lib.make_propagation(kernel, graph)

@@ -139,7 +139,7 @@ def test_build_graph_edges_are_distinct_and_sorted_by_receiver_then_sender():
       pairs | {(i, u) for u, i in pairs})
 
 
-@pytest.mark.parametrize("kernel", ["scipy", "segment_sum"])
+@pytest.mark.parametrize("kernel", ["scipy", "bcoo", "segment_sum"])
 def test_propagation_of_rows_equals_rows_of_the_full_product_with_gradients(graph, kernel):
   """`propagate(graph, x, rows)` = `propagate(graph, x)[rows]`, repeated rows included, and the
   same gradient (the scipy kernel's backward is the sliced adjacency's transpose)."""

@@ -24,7 +24,7 @@ from test_train import run_python
 NUM_USERS, NUM_ITEMS = 9, 8  # 17 nodes: no device count divides them.
 NUM_LAYERS = 3
 DEVICE_COUNTS = (2, 3, 4)
-KERNELS = ("segment_sum", "scipy")
+KERNELS = ("segment_sum", "bcoo", "scipy")
 
 
 def interactions():

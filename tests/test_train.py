@@ -417,7 +417,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(paths, tmp_path, m
 # (groups, kernel, --shard_propagation): each loss (plain and group InfoNCE) and each kernel
 # sharded, and the whole graph propagated on every device.
 MULTI_DEVICE_CASES = (("none", "segment_sum", True), ("files", "scipy", True),
-                      ("files", "scipy", False))
+                      ("files", "scipy", False), ("files", "bcoo", True))
 
 
 def compare_device_counts(directory: str) -> dict:

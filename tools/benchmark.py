@@ -168,18 +168,20 @@ def limit_kernels(graph, embedding_dim: int, num_layers: int) -> dict[str, Calla
 
       kernels[f"scipy_csr_{threads}_thread{'s' if threads > 1 else ''}"] = chain
   device_graph = jax.device_put(graph)
-
-  @jax.jit
-  def segment_sum_fwd_bwd(x):
-    def layers(x):
-      for _ in range(num_layers):
-        x = graph_lib.propagate_segment_sum(device_graph, x)
-      return x
-    y, pullback = jax.vjp(layers, x)
-    return pullback(y)[0]
-
   x_device = jnp.asarray(x)
-  kernels["segment_sum"] = lambda: segment_sum_fwd_bwd(x_device)
+  for name in ("segment_sum", "bcoo"):  # The kernels that stay inside XLA.
+    propagate = graph_lib.make_propagation(name, graph)
+
+    @jax.jit
+    def fwd_bwd(x, propagate=propagate):
+      def layers(x):
+        for _ in range(num_layers):
+          x = propagate(device_graph, x)
+        return x
+      y, pullback = jax.vjp(layers, x)
+      return pullback(y)[0]
+
+    kernels[name] = lambda fwd_bwd=fwd_bwd: fwd_bwd(x_device)
   return kernels
 
 
