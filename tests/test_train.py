@@ -160,6 +160,25 @@ def test_train_step_losses_match_numpy_reference(paths, model, groups, group_los
     assert terms[name] == pytest.approx(value, rel=2e-5), name
 
 
+def test_step_sums_add_in_step_order_from_the_resumed_sums():
+  """Device arrays ([devices] replicated, as pmap returns) and floats, added to the partial sums
+  a resumed epoch starts from, in float64; reading the totals twice does not count twice."""
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(5, 2)).astype(np.float32)
+  sums = train.StepSums({"bpr": 0.25})
+  for step in range(5):
+    sums.add({"bpr": jnp.full((1,), values[step, 0]), "rate": float(values[step, 1])})
+    if step == 2:
+      assert sums.totals()["bpr"] == ((0.25 + float(values[0, 0])) + float(values[1, 0])
+                                      + float(values[2, 0]))
+  totals = sums.totals()
+  expected = 0.25
+  for value in values[:, 0]:
+    expected += float(value)
+  assert totals == {"bpr": expected, "rate": sum(float(v) for v in values[:, 1])}
+  assert sums.totals() == totals
+
+
 def test_simgcl_contrasts_two_extra_noisy_passes_and_trains_on_the_clean_one(paths):
   """SimGCL (Yu et al. 2022): BPR on the noise-free pass; InfoNCE between the final embeddings of
   two further passes with independent noise; the contrastive gradient reaches the parameters."""
