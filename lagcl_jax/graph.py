@@ -200,11 +200,16 @@ def available_cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def balanced_bounds(indptr: np.ndarray, num_blocks: int) -> np.ndarray:
+  """Bounds of up to `num_blocks` consecutive row ranges with about equal numbers of non-zeros,
+  from a CSR row pointer (`indptr`: [rows + 1])."""
+  targets = np.linspace(0, indptr[-1], num_blocks + 1)[1:-1]
+  return np.unique(np.concatenate([[0], np.searchsorted(indptr, targets), [indptr.size - 1]]))
+
+
 def row_blocks(adjacency: sp.csr_matrix, num_blocks: int) -> list[sp.csr_matrix]:
   """Consecutive row ranges of `adjacency` with about equal numbers of non-zeros each."""
-  targets = np.linspace(0, adjacency.nnz, num_blocks + 1)[1:-1]
-  bounds = np.unique(np.concatenate(
-      [[0], np.searchsorted(adjacency.indptr, targets), [adjacency.shape[0]]]))
+  bounds = balanced_bounds(adjacency.indptr, num_blocks)
   return [adjacency[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
@@ -236,16 +241,31 @@ def csr_rows_products(adjacency: sp.csr_matrix, num_threads: int):
   pool = (concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="csr_rows")
           if num_threads > 1 else None)
 
+  degrees = np.diff(adjacency.indptr)
+
+  class RowsSlice:
+    """A row set's distinct rows, cut into parts of about equal non-zeros (one per thread), and
+    the parts' slices of the adjacency, each cut by the thread that first multiplies it."""
+
+    def __init__(self, rows: np.ndarray):
+      self.distinct, inverse = np.unique(rows, return_inverse=True)
+      self.inverse = inverse.ravel()
+      # The positions of the rows sorted by distinct row, and where each distinct row starts.
+      self.order = np.argsort(self.inverse, kind="stable")
+      self.starts = np.searchsorted(self.inverse[self.order], np.arange(self.distinct.size))
+      self.bounds = balanced_bounds(np.concatenate([[0], np.cumsum(degrees[self.distinct])]),
+                                    num_threads)
+      self.num_parts = len(self.bounds) - 1
+      self._parts = [None] * self.num_parts
+
+    def part(self, i: int) -> sp.csr_matrix:
+      if self._parts[i] is None:
+        self._parts[i] = adjacency[self.distinct[self.bounds[i]:self.bounds[i + 1]]]
+      return self._parts[i]
+
   @functools.lru_cache(maxsize=16)
-  def sliced(rows_bytes):
-    """(row blocks of adjacency[distinct rows], distinct rows, inverse, order of the rows by
-    distinct row, start of each distinct row in that order)."""
-    rows = np.frombuffer(rows_bytes, np.int64)
-    distinct, inverse = np.unique(rows, return_inverse=True)
-    inverse = inverse.ravel()
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(distinct.size))
-    return row_blocks(adjacency[distinct], num_threads), distinct, inverse, order, starts
+  def sliced(rows_bytes) -> RowsSlice:
+    return RowsSlice(np.frombuffer(rows_bytes, np.int64))
 
   def run(fn, items):
     threaded = pool is not None and len(items) > 1
@@ -253,16 +273,22 @@ def csr_rows_products(adjacency: sp.csr_matrix, num_threads: int):
 
   def rows_product(x, rows):
     x = np.asarray(x, np.float32)
-    parts, _, inverse, _, _ = sliced(np.asarray(rows, np.int64).tobytes())
-    return np.concatenate(run(lambda block: block @ x, parts))[inverse]
+    rows_slice = sliced(np.asarray(rows, np.int64).tobytes())
+    parts = run(lambda i: rows_slice.part(i) @ x, range(rows_slice.num_parts))
+    return np.concatenate(parts)[rows_slice.inverse]
 
   def rows_transpose_product(g, rows):
     g = np.asarray(g, np.float32)
-    parts, _, _, order, starts = sliced(np.asarray(rows, np.int64).tobytes())
-    summed = np.add.reduceat(g[order], starts)  # The gradient of each distinct row.
-    bounds = np.cumsum([0] + [block.shape[0] for block in parts])
-    results = run(lambda i: parts[i].T @ summed[bounds[i]:bounds[i + 1]], range(len(parts)))
-    return functools.reduce(np.add, results)
+    rows_slice = sliced(np.asarray(rows, np.int64).tobytes())
+    # The gradient of each distinct row: its repeats' summed.
+    summed = np.add.reduceat(g[rows_slice.order], rows_slice.starts)
+    bounds = rows_slice.bounds
+    results = run(lambda i: rows_slice.part(i).T @ summed[bounds[i]:bounds[i + 1]],
+                  range(rows_slice.num_parts))
+    total = results[0]
+    for result in results[1:]:
+      total += result
+    return total
 
   return rows_product, rows_transpose_product
 
