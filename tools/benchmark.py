@@ -8,7 +8,8 @@ measured in one run, are the figures that count.
   `max_steps` steps (0: the whole epoch), scaled to the epoch's number of batches; the JSON says
   whether it was extrapolated. LAGCL (the config) and XSimGCL (the config with --groups=none:
   same graph, one uniform negative, plain InfoNCE) run interleaved.
-- phases, per step, timed as separately jitted pieces on the inputs of one batch: negative
+- phases, per step, timed as separately jitted pieces on the inputs of one batch (the encoder
+  and the device step on a new batch per call, as in training): negative
   sampling (the host sampler), host-device transfer of the batch, propagation forward + backward
   (the encoder with its noise, through `jax.vjp`, pmapped over the run's devices on the training
   graph; of which the noise draws), losses forward + backward (`train_step` on a state whose
@@ -18,7 +19,8 @@ measured in one run, are the figures that count.
 - limit: the fastest forward + backward propagation of this graph on this platform,
   2 x num_layers products of the normalised adjacency with an [N, d] matrix (it is symmetric, so
   the backward is the same product), over every kernel tried: SciPy CSR on 1 and on all cores
-  (CPU only) and XLA segment_sum (forward and autodiff backward).
+  (CPU only), XLA segment_sum (forward and autodiff backward) and the BCOO product (cuSPARSE on
+  GPU).
 - limit_ratio = epoch / (batches x limit); group_overhead_ratio = LAGCL epoch / XSimGCL epoch;
   limit_ratio_cpu: the same in process CPU seconds (steadier on a shared machine, where the
   process gets a varying share of the cores).
@@ -257,25 +259,29 @@ def _embedding_state(final: jax.Array, cl_view: jax.Array) -> train_state.TrainS
 
 
 def phase_times(timer: EpochTimer, repeats: int) -> dict[str, dict[str, float]]:
-  """Time per step of each phase: separately jitted pieces on the inputs of one batch."""
+  """Time per step of each phase: separately jitted pieces on the inputs of one batch, except
+  the encoder, which gets a new batch at every call, as in training (the scipy kernel slices the
+  adjacency once per batch)."""
   setup, devices = timer.setup, timer.devices
   config = setup.config
   batches = train.batch_sampler(setup).epoch(0)
-  draws = []
-  for _ in range(repeats + 1):
+  draws, drawn = [], []
+  for _ in range(2 * (repeats + 1) + 1):  # A batch per encoder call below.
     start, start_cpu = time.perf_counter(), time.process_time()
-    batch = next(batches)
+    drawn.append(next(batches))
     draws.append((time.perf_counter() - start, time.process_time() - start_cpu))
   times = {"negative_sampling": {"seconds": float(np.median([d[0] for d in draws[1:]])),
                                  "cpu_seconds": float(np.median([d[1] for d in draws[1:]]))}}
-  arrays, counts = train.shard_batch(batch, len(devices))
+  sharded = [train.shard_batch(batch, len(devices)) for batch in drawn]
+  arrays, counts = sharded[0]
   put = lambda: train.place_local((arrays, counts), devices)
   times["host_device_transfer"] = measure(put, repeats)
   inputs = put()
+  fresh_inputs = iter([train.place_local(batch, devices) for batch in sharded])
 
   params = train.replicate(timer.initial_state.params, devices)
-  times["propagation_fwd_bwd"] = measure(lambda: timer.encoder_fwd_bwd(params, inputs[0]),
-                                         repeats)
+  times["propagation_fwd_bwd"] = measure(
+      lambda: timer.encoder_fwd_bwd(params, next(fresh_inputs)[0]), repeats)
   if config.eps > 0:  # As the encoder draws it: the last layer at the batch's rows.
     rows = train.batch_nodes(jax.tree.map(lambda x: jnp.asarray(x[0]), arrays),
                              setup.dataset.num_users)  # Those of the first device.
@@ -300,7 +306,7 @@ def phase_times(timer: EpochTimer, repeats: int) -> dict[str, dict[str, float]]:
     return optimizer[0]
 
   times["optimizer"] = measure(optimizer_step, repeats)
-  times["device_step"] = measure(lambda: timer.step(*inputs), repeats)
+  times["device_step"] = measure(lambda: timer.step(*next(fresh_inputs)), repeats)
   return times
 
 
