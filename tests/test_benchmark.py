@@ -2,9 +2,13 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lagcl_jax import data as data_lib
+from lagcl_jax import train
 from lagcl_jax.config import Config
 from tests import synthetic
 from tools import benchmark
@@ -85,6 +89,24 @@ def test_scale_test_at_small_size():
   assert result["evaluated_users"] == 32
   for name in ("first_step_seconds", "step_seconds", "fits_24_gib", "memory"):
     assert name in result, name
+
+
+def test_step_breakdown_takes_out_each_part(tmp_path):
+  """The stand-in kernels keep shapes and the step trains; each variant is timed."""
+  paths = synthetic.write_paper_files(str(tmp_path))
+  config = synthetic.tiny_config(paths, groups=True, propagation_kernel="scipy")
+  setup = train.create_model(config, data_lib.load_dataset(config))
+  x = jnp.ones((7, 3))
+  rows = jnp.asarray([0, 2, 2])
+  assert benchmark._zero_products(None, x).shape == (7, 3)
+  assert benchmark._zero_products(None, x, rows).shape == (3, 3)
+  grad = jax.grad(lambda x: benchmark._zero_products(None, x, rows).sum())(x)
+  assert grad.shape == x.shape and not np.any(np.asarray(grad))
+  np.testing.assert_array_equal(benchmark._no_products(None, x, rows), np.full((3, 3), 0.5))
+  times = benchmark.step_breakdown(setup, train.training_devices(config), steps=2, repeats=1)
+  assert list(times) == ["step", "without_host_products", "without_callbacks",
+                         "without_callbacks_and_noise"]
+  assert all(seconds > 0 for seconds in times.values())
 
 
 def test_tiny_benchmark_run_has_every_figure(tmp_path):

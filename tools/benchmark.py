@@ -16,6 +16,9 @@ measured in one run, are the figures that count.
   "model" returns fixed embeddings, so with the batch gathers and gradient scatters), the
   optimizer (Adam's `apply_gradients`), the whole device step; loop_overhead = training loop -
   device step - sampling - transfer.
+- step breakdown (--breakdown): the LAGCL training loop's wall time per step as it is, then with
+  the host products replaced by callbacks that return zeros, then without the callbacks (an XLA
+  stand-in), then without the noise too; each difference is that part's cost inside training.
 - limit: the fastest forward + backward propagation of this graph on this platform,
   2 x num_layers products of the normalised adjacency with an [N, d] matrix (it is symmetric, so
   the backward is the same product), over every kernel tried: SciPy CSR on 1 and on all cores
@@ -79,6 +82,8 @@ class Options:
   eval_repeats: int = setting(3, "Repeats of the full evaluation.")
   device_steps: int = setting(20, "Steps per device count in the 1, 2, 4 forced host devices "
                               "run; 0 skips it.")
+  breakdown: bool = setting(False, "Also time the LAGCL training step with parts taken out "
+                            "(host products, host callbacks, noise): about 1 minute on ML-1M.")
   scale: bool = setting(False, "Also run the synthetic power-law scale test (heavy).")
   scale_users: int = setting(1_000_000, "Scale test users.")
   scale_items: int = setting(200_000, "Scale test items.")
@@ -308,6 +313,50 @@ def phase_times(timer: EpochTimer, repeats: int) -> dict[str, dict[str, float]]:
   times["optimizer"] = measure(optimizer_step, repeats)
   times["device_step"] = measure(lambda: timer.step(*next(fresh_inputs)), repeats)
   return times
+
+
+def _zero_products(graph, x: jax.Array, rows: Optional[jax.Array] = None) -> jax.Array:
+  """A stand-in propagation with the scipy kernel's host round trips (forward and backward) and
+  no host work: callbacks that return zeros."""
+  del graph
+  shape = x.shape if rows is None else rows.shape + x.shape[-1:]
+  zeros = lambda result_shape, argument: jax.pure_callback(
+      lambda _: np.zeros(result_shape, np.float32),
+      jax.ShapeDtypeStruct(result_shape, argument.dtype), argument)
+
+  @jax.custom_vjp
+  def product(x):
+    return zeros(shape, x)
+
+  product.defvjp(lambda x: (product(x), None), lambda _, g: (zeros(x.shape, g),))
+  return product(x)
+
+
+def _no_products(graph, x: jax.Array, rows: Optional[jax.Array] = None) -> jax.Array:
+  """A stand-in propagation inside XLA without any product: x / 2 (at the rows)."""
+  del graph
+  return (x if rows is None else x[rows]) * 0.5
+
+
+def step_breakdown(setup: train.Setup, devices: list[Any], steps: int,
+                   repeats: int) -> dict[str, float]:
+  """Wall seconds per step of the training loop (`steps` steps; medians over `repeats`
+  alternations) for the real step and for steps with parts taken out, one more each time: the
+  host products (callbacks that return zeros), the callbacks (an XLA stand-in), the noise. The
+  differences are what each part costs inside training, where parts share the cores."""
+  models = {"step": setup.model,
+            "without_host_products": setup.model.clone(propagate=_zero_products),
+            "without_callbacks": setup.model.clone(propagate=_no_products),
+            "without_callbacks_and_noise": setup.model.clone(propagate=_no_products, eps=0.0)}
+  timers = {name: EpochTimer(dataclasses.replace(setup, model=model), devices)
+            for name, model in models.items()}
+  for timer in timers.values():
+    timer.run(0, 2)  # Compiles.
+  walls = {name: [] for name in timers}
+  for repeat in range(repeats):
+    for name, timer in timers.items():
+      walls[name].append(timer.run(repeat + 1, steps)["seconds"])
+  return {name: float(np.median(values)) for name, values in walls.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,6 +662,10 @@ def run(config: config_lib.Config, options: Options,
             "device_step", "negative_sampling", "host_device_transfer"))
         for k in ("seconds", "cpu_seconds")}
 
+  if options.breakdown:
+    log("Step breakdown...")
+    result["step_breakdown"] = step_breakdown(setups["lagcl"], devices, steps, options.repeats)
+
   log("Evaluation...")
   params = train.unreplicate(timers["lagcl"].state).params
   result["evaluation"] = evaluation_times(setups["lagcl"], params, options.eval_repeats)
@@ -689,6 +742,9 @@ def format_table(result: dict[str, Any]) -> str:
                f"{cell(per_step(epoch['xsimgcl'])):>18}")
   lines.append("limit kernels, ms per fwd+bwd: " + ", ".join(
       f"{k} {cell(v)}" for k, v in limit["kernels"].items()))
+  if "step_breakdown" in result:
+    lines.append("LAGCL step, wall ms: " + ", ".join(
+        f"{k} {v * _MS:.1f}" for k, v in result["step_breakdown"].items()))
   device_peaks = [d["peak_bytes_in_use"] for d in result["memory"]["device"]]
   lines.append(f"peak host memory {_gib(result['memory']['host']['peak_rss_bytes'])}; device "
                f"peak {', '.join(_gib(p) for p in device_peaks)}")
