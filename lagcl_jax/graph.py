@@ -178,7 +178,7 @@ def _symmetric_bcoo_product_fwd(graph, x):
 
 
 def _symmetric_bcoo_product_bwd(graph, g):
-  return jax.tree.map(jnp.zeros_like, graph), _symmetric_bcoo_product(graph, g)
+  return None, _symmetric_bcoo_product(graph, g)  # The graph is not differentiated.
 
 
 _symmetric_bcoo_product.defvjp(_symmetric_bcoo_product_fwd, _symmetric_bcoo_product_bwd)
